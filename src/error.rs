@@ -1,0 +1,127 @@
+//! The one error type of the library, split by who is at fault.
+//!
+//! Messages say what to do next; the cause sits in `#[source]` so the CLI
+//! can print the whole chain once.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in leakmark.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- the user's input ----
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: check that the file exists and is readable")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not an image this build can decode, or it is corrupt or truncated.
+    #[error("cannot decode {path} as an image (PNG, JPEG, TIFF, WebP and GIF are supported); the file may be corrupt or truncated")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's cause.
+        #[source]
+        source: image::ImageError,
+    },
+    /// The image claims more pixels or memory than the configured limits allow.
+    #[error("{path} claims {width}x{height} pixels, above the safety limit ({limit}); if the file is trusted, raise it with --max-pixels")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Claimed width.
+        width: u32,
+        /// Claimed height.
+        height: u32,
+        /// The limit, human readable.
+        limit: String,
+    },
+    /// The image is too small to carry or to decide on a mark.
+    #[error("image is {width}x{height} px; at least {min_px} px on the short side is needed")]
+    TooSmall {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// The minimum short side in pixels.
+        min_px: u32,
+    },
+    /// The payload does not fit in 32 bits.
+    #[error("payload {0} is out of range: it must satisfy 0 <= N < 2^32")]
+    PayloadRange(String),
+    /// The output would overwrite the input.
+    #[error("refusing to write {output}: it is the input file; originals are never overwritten, choose another output path")]
+    WouldOverwriteInput {
+        /// The output path.
+        output: PathBuf,
+    },
+    /// The output could not be written.
+    #[error("cannot write {path}: check the folder exists, is writable and has space")]
+    Write {
+        /// The output path.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image could not be encoded in the requested format.
+    #[error("cannot encode {path}: use a .png, .jpg, .tif or .webp extension")]
+    Encode {
+        /// The output path.
+        path: PathBuf,
+        /// The encoder's cause.
+        #[source]
+        source: image::ImageError,
+    },
+
+    // ---- keys ----
+    /// The key file is missing or unreadable.
+    #[error("cannot read key file {path}: create one with `leakmark keygen --out {path}`")]
+    KeyRead {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is not in the expected format.
+    #[error("key file {path} is malformed ({reason}); it must be a file written by `leakmark keygen`")]
+    KeyFormat {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file can be read by other users.
+    #[error("key file {path} is readable by other users; run `chmod 600 {path}`")]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key file already exists.
+    #[error("key file {path} already exists; refusing to overwrite a key (marks made with it would become untraceable)")]
+    KeyExists {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    // ---- the ledger ----
+    /// A ledger operation failed.
+    #[error("ledger {path}: {message}")]
+    Ledger {
+        /// The ledger file.
+        path: PathBuf,
+        /// What went wrong and what to do.
+        message: String,
+        /// The SQLite cause, if any.
+        #[source]
+        source: Option<rusqlite::Error>,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,7 @@
+//! leakmark: keyed invisible watermarks that trace leaked design drafts
+//! back to the recipient who leaked them.
+#![deny(missing_docs)]
+
+pub mod error;
+
+pub use error::{Error, Result};

@@ -2,6 +2,17 @@
 //! back to the recipient who leaked them.
 #![deny(missing_docs)]
 
+pub mod detect;
+pub mod embed;
 pub mod error;
+pub mod fft;
+pub mod key;
+pub mod mask;
+pub mod pattern;
+pub mod payload;
+pub mod plane;
+pub mod stats;
+pub mod sync;
 
 pub use error::{Error, Result};
+pub use key::SecretKey;

@@ -1,0 +1,310 @@
+//! Embedding: add the keyed tile, shaped by the perceptual mask, to luminance.
+//!
+//! The tile is drawn at a resolution tied to the image (a chip is
+//! `short side / CHIPS_PER_SHORT_SIDE` pixels, at least [`MIN_CHIP_PX`]),
+//! low-passed so that it survives rescaling and JPEG, and repeated with
+//! period 64 chips so the detector can recover geometry from the repetition.
+//! The same ΔY goes on R, G and B, so neutral pixels stay neutral; alpha and
+//! bit depth are kept. The strength is the largest that keeps luma PSNR at
+//! [`TARGET_PSNR_DB`].
+
+use image::DynamicImage;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::key::SecretKey;
+use crate::mask::perceptual_mask;
+use crate::pattern::{document_variant, Layout, TILE};
+use crate::plane::Plane;
+use crate::stats;
+use crate::{Error, Result};
+
+/// Chips across the image's short side. 384 puts ~6 tiles across the short
+/// side (so a quarter-area crop still holds 3) and keeps a chip above one
+/// pixel after a downscale to a third of an image 1150 px high.
+pub const CHIPS_PER_SHORT_SIDE: f64 = 384.0;
+/// Smallest chip, in pixels: below this a downscale to a third would push
+/// the mark past the Nyquist limit.
+/// (2.55, not 2.5: a 64-chip tile of 160 px would sit exactly on JPEG's 8-px grid.)
+pub const MIN_CHIP_PX: f64 = 2.55;
+/// Low-pass of the chip field, in chips: trades JPEG/resize survival
+/// (wider) against host interference (narrower).
+pub const CHIP_BLUR: f64 = 0.6;
+/// Smallest image short side that holds two tiles.
+pub const MIN_SHORT_SIDE: u32 = (2.0 * TILE as f64 * MIN_CHIP_PX) as u32;
+/// Luma PSNR the strength is set for; the floor promised to users is 42 dB.
+pub const TARGET_PSNR_DB: f64 = 42.4;
+/// Strength ceiling (levels per unit mask): beyond it flat grey areas show grain
+/// even when the PSNR budget would allow more.
+const ALPHA_MAX: f32 = 3.0;
+/// Largest excursion on near-saturated pixels (white paper), levels. With the
+/// shift into the headroom, white pixels change by at most twice this.
+pub const WHITE_CAP: f32 = 1.3;
+/// Samples per chip in the pre-rendered smooth tile.
+const OVERSAMPLE: usize = 8;
+
+/// A marked image and what was done to it.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    /// The marked image, same colour type and size as the input.
+    pub image: DynamicImage,
+    /// Luma PSNR of the marked image against the input, dB.
+    pub psnr_db: f64,
+    /// The pattern variant used.
+    pub variant: u32,
+    /// Chip size, pixels.
+    pub chip_px: f64,
+    /// Strength (levels per unit of mask).
+    pub strength: f32,
+}
+
+/// Chip size in pixels for an image of this size.
+pub fn chip_px_for(width: u32, height: u32) -> f64 {
+    (f64::from(width.min(height)) / CHIPS_PER_SHORT_SIDE).max(MIN_CHIP_PX)
+}
+
+/// The pattern variant of an image when no ledger names its document:
+/// derived from a digest of its pixels, so different drafts get different
+/// patterns.
+pub fn variant_for_image(key: &SecretKey, image: &DynamicImage) -> u32 {
+    let mut h = Sha256::new();
+    h.update(image.width().to_le_bytes());
+    h.update(image.height().to_le_bytes());
+    h.update(image.as_bytes());
+    document_variant(key, &h.finalize())
+}
+
+/// The tile rendered smooth and periodic, sampled bilinearly.
+pub struct SmoothTile {
+    side: usize,
+    table: Vec<f32>,
+}
+
+impl SmoothTile {
+    /// Renders ±1 chips (row-major, `TILE`²) with a circular Gaussian low-pass, unit RMS.
+    pub fn render(chips: &[f32]) -> Self {
+        let side = TILE * OVERSAMPLE;
+        let mut table = vec![0.0f32; side * side];
+        for y in 0..side {
+            for x in 0..side {
+                table[y * side + x] = chips[(y / OVERSAMPLE) * TILE + x / OVERSAMPLE];
+            }
+        }
+        let sigma = (CHIP_BLUR * OVERSAMPLE as f64) as f32;
+        let radius = (3.0 * sigma).ceil() as isize;
+        let kernel: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+        let norm: f32 = kernel.iter().sum();
+        let blur = |src: &[f32], horizontal: bool| -> Vec<f32> {
+            let mut out = vec![0.0f32; side * side];
+            for y in 0..side {
+                for x in 0..side {
+                    let mut acc = 0.0;
+                    for (j, k) in kernel.iter().enumerate() {
+                        let o = j as isize - radius;
+                        let (sx, sy) = if horizontal {
+                            ((x as isize + o).rem_euclid(side as isize) as usize, y)
+                        } else {
+                            (x, (y as isize + o).rem_euclid(side as isize) as usize)
+                        };
+                        acc += k * src[sy * side + sx];
+                    }
+                    out[y * side + x] = acc / norm;
+                }
+            }
+            out
+        };
+        let table = blur(&blur(&table, true), false);
+        let rms = (table.iter().map(|v| v * v).sum::<f32>() / table.len() as f32).sqrt().max(1e-6);
+        SmoothTile { side, table: table.iter().map(|v| v / rms).collect() }
+    }
+
+    /// Value at chip coordinates (any real numbers; the tile repeats).
+    #[inline]
+    pub fn sample(&self, cx: f64, cy: f64) -> f32 {
+        let s = self.side as f64;
+        let u = (cx * OVERSAMPLE as f64 - 0.5).rem_euclid(s);
+        let v = (cy * OVERSAMPLE as f64 - 0.5).rem_euclid(s);
+        let (x0, y0) = (u.floor() as usize % self.side, v.floor() as usize % self.side);
+        let (fx, fy) = ((u - u.floor()) as f32, (v - v.floor()) as f32);
+        let (x1, y1) = ((x0 + 1) % self.side, (y0 + 1) % self.side);
+        let t = &self.table;
+        let top = t[y0 * self.side + x0] * (1.0 - fx) + t[y0 * self.side + x1] * fx;
+        let bottom = t[y1 * self.side + x0] * (1.0 - fx) + t[y1 * self.side + x1] * fx;
+        top * (1.0 - fy) + bottom * fy
+    }
+}
+
+/// Per-pixel colour facts the shaping needs, on a 0–255 scale.
+struct Headroom {
+    /// Most negative change that keeps every colour channel ≥ 0.
+    lo: Vec<f32>,
+    /// Most positive change that keeps every colour channel ≤ 255.
+    hi: Vec<f32>,
+    /// Whether the pixel is visible (alpha > 0).
+    visible: Vec<bool>,
+}
+
+fn headroom(image: &DynamicImage) -> Headroom {
+    let rgba = image.to_rgba32f();
+    let n = rgba.pixels().len();
+    let (mut lo, mut hi, mut visible) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for p in rgba.pixels() {
+        let [r, g, b, a] = p.0;
+        lo.push(-255.0 * r.min(g).min(b));
+        hi.push(255.0 * (1.0 - r.max(g).max(b)));
+        visible.push(a > 0.0);
+    }
+    Headroom { lo, hi, visible }
+}
+
+/// The change applied to one pixel: `raw` levels of mark, shaped so that it
+/// stays inside the pixel's headroom. Near-saturated pixels get at most
+/// ±[`WHITE_CAP`] shifted into the headroom (white paper only darkens, by at
+/// most 2 × WHITE_CAP, and stays neutral).
+#[inline]
+fn shape(raw: f32, lo: f32, hi: f32) -> f32 {
+    let mut d = raw;
+    if hi < WHITE_CAP || lo > -WHITE_CAP {
+        d = d.clamp(-WHITE_CAP, WHITE_CAP);
+        if hi < WHITE_CAP {
+            d -= WHITE_CAP - hi;
+        } else {
+            d += WHITE_CAP + lo;
+        }
+    }
+    d.clamp(lo, hi)
+}
+
+/// Marks `image` with `serial` under `key`, using pattern `variant`.
+///
+/// # Errors
+///
+/// [`Error::TooSmall`] if the short side is below [`MIN_SHORT_SIDE`].
+pub fn embed(key: &SecretKey, image: &DynamicImage, serial: u32, variant: u32) -> Result<Embedded> {
+    let (w, h) = (image.width(), image.height());
+    if w.min(h) < MIN_SHORT_SIDE {
+        return Err(Error::TooSmall { width: w, height: h, min_px: MIN_SHORT_SIDE });
+    }
+    let chip_px = chip_px_for(w, h);
+    let layout = Layout::new(key, variant);
+    let tile = SmoothTile::render(&layout.tile(key, serial));
+    let luma = Plane::luma(image);
+    let mask = perceptual_mask(&luma, chip_px);
+    let room = headroom(image);
+    let (wu, hu) = (w as usize, h as usize);
+
+    // Unit-strength mark × mask, per pixel.
+    let mut base = vec![0.0f32; wu * hu];
+    base.par_chunks_mut(wu).enumerate().for_each(|(y, row)| {
+        let cy = (y as f64 + 0.5) / chip_px;
+        for (x, v) in row.iter_mut().enumerate() {
+            *v = tile.sample((x as f64 + 0.5) / chip_px, cy) * mask.data[y * wu + x];
+        }
+    });
+
+    let target_mse = 255.0f64 * 255.0 / 10f64.powf(TARGET_PSNR_DB / 10.0);
+    let mse_at = |alpha: f32| -> f64 {
+        // Row sums then a sequential total: the same bits for any thread count.
+        let rows: Vec<f64> = base
+            .par_chunks(wu)
+            .enumerate()
+            .map(|(y, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(|(x, &b)| {
+                        let i = y * wu + x;
+                        if room.visible[i] {
+                            f64::from(shape(alpha * b, room.lo[i], room.hi[i])).powi(2)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum()
+            })
+            .collect();
+        rows.iter().sum::<f64>() / (wu * hu) as f64
+    };
+    let mut alpha = ALPHA_MAX;
+    if mse_at(alpha) > target_mse {
+        let (mut a, mut b) = (0.0f32, ALPHA_MAX);
+        for _ in 0..24 {
+            let mid = 0.5 * (a + b);
+            if mse_at(mid) > target_mse {
+                b = mid;
+            } else {
+                a = mid;
+            }
+        }
+        alpha = a;
+    }
+
+    // Rounding to the output's bit depth adds error; step down until the floor holds.
+    for _ in 0..20 {
+        let delta: Vec<f32> = base
+            .par_iter()
+            .enumerate()
+            .map(|(i, &b)| if room.visible[i] { shape(alpha * b, room.lo[i], room.hi[i]) } else { 0.0 })
+            .collect();
+        let marked = apply_delta(image, &delta);
+        let psnr_db = stats::psnr(&luma.data, &Plane::luma(&marked).data);
+        if psnr_db >= TARGET_PSNR_DB - 0.3 || alpha < 0.05 {
+            return Ok(Embedded { image: marked, psnr_db, variant, chip_px, strength: alpha });
+        }
+        alpha *= 0.97;
+    }
+    unreachable!("alpha shrinks geometrically until the PSNR floor holds")
+}
+
+/// Adds `delta` (levels on a 0–255 scale) to every colour channel of every pixel, keeping type and alpha.
+fn apply_delta(image: &DynamicImage, delta: &[f32]) -> DynamicImage {
+    fn add<T: Copy + Send + Sync>(buf: &mut [T], channels: usize, color: usize, delta: &[f32], to_f: impl Fn(T) -> f32 + Sync, from_f: impl Fn(f32) -> T + Sync, scale: f32) {
+        buf.par_chunks_mut(channels).zip(delta.par_iter()).for_each(|(px, &d)| {
+            for c in px.iter_mut().take(color) {
+                *c = from_f(to_f(*c) + d * scale);
+            }
+        });
+    }
+    let mut out = image.clone();
+    let u8_ = (|v: u8| f32::from(v), |f: f32| f.round().clamp(0.0, 255.0) as u8);
+    let u16_ = (|v: u16| f32::from(v), |f: f32| f.round().clamp(0.0, 65535.0) as u16);
+    let f32_ = (|v: f32| v, |f: f32| f.clamp(0.0, 1.0));
+    match &mut out {
+        DynamicImage::ImageLuma8(b) => add(b, 1, 1, delta, u8_.0, u8_.1, 1.0),
+        DynamicImage::ImageLumaA8(b) => add(b, 2, 1, delta, u8_.0, u8_.1, 1.0),
+        DynamicImage::ImageRgb8(b) => add(b, 3, 3, delta, u8_.0, u8_.1, 1.0),
+        DynamicImage::ImageRgba8(b) => add(b, 4, 3, delta, u8_.0, u8_.1, 1.0),
+        DynamicImage::ImageLuma16(b) => add(b, 1, 1, delta, u16_.0, u16_.1, 257.0),
+        DynamicImage::ImageLumaA16(b) => add(b, 2, 1, delta, u16_.0, u16_.1, 257.0),
+        DynamicImage::ImageRgb16(b) => add(b, 3, 3, delta, u16_.0, u16_.1, 257.0),
+        DynamicImage::ImageRgba16(b) => add(b, 4, 3, delta, u16_.0, u16_.1, 257.0),
+        DynamicImage::ImageRgb32F(b) => add(b, 3, 3, delta, f32_.0, f32_.1, 1.0 / 255.0),
+        DynamicImage::ImageRgba32F(b) => add(b, 4, 3, delta, f32_.0, f32_.1, 1.0 / 255.0),
+        other => {
+            let mut rgba = other.to_rgba8();
+            add(&mut rgba, 4, 3, delta, u8_.0, u8_.1, 1.0);
+            *other = DynamicImage::ImageRgba8(rgba);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn white_pixels_only_darken_and_stay_neutral() {
+        for raw in [-10.0f32, -1.0, 0.0, 0.7, 5.0] {
+            let d = shape(raw, -255.0, 0.0);
+            assert!((-2.0 * WHITE_CAP..=0.0).contains(&d), "{raw} -> {d}");
+        }
+    }
+
+    #[test]
+    fn shaped_change_stays_in_headroom() {
+        for (raw, lo, hi) in [(9.0f32, -3.0f32, 0.5f32), (-9.0, -0.2, 200.0), (4.0, -100.0, 100.0)] {
+            let d = shape(raw, lo, hi);
+            assert!(d >= lo && d <= hi);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Two-dimensional complex FFTs on row-major buffers (rows, then columns),
+//! parallel over rows. A thin layer over rustfft; unnormalised like it.
+
+use rayon::prelude::*;
+use rustfft::num_complex::Complex32;
+use rustfft::{Fft, FftPlanner};
+use std::sync::Arc;
+
+/// Forward and inverse plans for one `width` × `height` size.
+pub struct Fft2 {
+    width: usize,
+    height: usize,
+    row_fwd: Arc<dyn Fft<f32>>,
+    row_inv: Arc<dyn Fft<f32>>,
+    col_fwd: Arc<dyn Fft<f32>>,
+    col_inv: Arc<dyn Fft<f32>>,
+}
+
+impl Fft2 {
+    /// Plans transforms for `width` × `height` buffers.
+    pub fn new(width: usize, height: usize) -> Self {
+        let mut planner = FftPlanner::new();
+        Fft2 {
+            width,
+            height,
+            row_fwd: planner.plan_fft_forward(width),
+            row_inv: planner.plan_fft_inverse(width),
+            col_fwd: planner.plan_fft_forward(height),
+            col_inv: planner.plan_fft_inverse(height),
+        }
+    }
+
+    /// In-place forward transform.
+    pub fn forward(&self, data: &mut [Complex32]) {
+        self.run(data, &self.row_fwd, &self.col_fwd);
+    }
+
+    /// In-place inverse transform (unnormalised: divide by width × height).
+    pub fn inverse(&self, data: &mut [Complex32]) {
+        self.run(data, &self.row_inv, &self.col_inv);
+    }
+
+    fn run(&self, data: &mut [Complex32], row: &Arc<dyn Fft<f32>>, col: &Arc<dyn Fft<f32>>) {
+        let (w, h) = (self.width, self.height);
+        assert_eq!(data.len(), w * h, "buffer does not match the plan");
+        if w * h >= 1 << 15 {
+            data.par_chunks_mut(w).for_each(|r| row.process(r));
+        } else {
+            data.chunks_mut(w).for_each(|r| row.process(r));
+        }
+        let mut t = transpose(data, w, h);
+        if w * h >= 1 << 15 {
+            t.par_chunks_mut(h).for_each(|c| col.process(c));
+        } else {
+            t.chunks_mut(h).for_each(|c| col.process(c));
+        }
+        data.copy_from_slice(&transpose(&t, h, w));
+    }
+}
+
+fn transpose(data: &[Complex32], width: usize, height: usize) -> Vec<Complex32> {
+    let mut out = vec![Complex32::new(0.0, 0.0); data.len()];
+    const B: usize = 32;
+    for by in (0..height).step_by(B) {
+        for bx in (0..width).step_by(B) {
+            for y in by..(by + B).min(height) {
+                for x in bx..(bx + B).min(width) {
+                    out[x * height + y] = data[y * width + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Smallest n ≥ `min` whose only prime factors are 2, 3 and 5 (fast FFT sizes).
+pub fn fast_size(min: usize) -> usize {
+    let mut n = min.max(1);
+    loop {
+        let mut m = n;
+        for p in [2, 3, 5] {
+            while m % p == 0 {
+                m /= p;
+            }
+        }
+        if m == 1 {
+            return n;
+        }
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_then_inverse_is_identity_times_n() {
+        let (w, h) = (12, 10);
+        let orig: Vec<Complex32> = (0..w * h).map(|i| Complex32::new((i % 7) as f32, (i % 3) as f32)).collect();
+        let mut d = orig.clone();
+        let f = Fft2::new(w, h);
+        f.forward(&mut d);
+        f.inverse(&mut d);
+        for (a, b) in d.iter().zip(&orig) {
+            assert!((a / (w * h) as f32 - b).norm() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn fast_sizes() {
+        assert_eq!(fast_size(7), 8);
+        assert_eq!(fast_size(1537), 1600);
+    }
+}

@@ -1,0 +1,69 @@
+//! Perceptual mask: how many levels of mark each pixel can hide.
+//!
+//! Texture hides a mark, flat areas show it, and thin lines or text on white
+//! gain nothing from it (their huge residuals are clipped by the detector),
+//! so they get the floor. Near-saturated pixels (white paper) are handled in
+//! [`crate::embed`], which caps and shifts them. Knows nothing of keys.
+
+use rayon::prelude::*;
+
+use crate::plane::Plane;
+
+/// Weight in flat areas. Flat areas carry most of a drawing's mark, so it is
+/// not zero; 0.5 keeps the mark below one level RMS there at 42 dB.
+pub const FLOOR: f32 = 0.5;
+/// Weight in busy texture (photos).
+pub const CEILING: f32 = 2.5;
+/// Local standard deviation (levels) that earns a weight of 1.
+const STD_PER_UNIT: f32 = 8.0;
+/// Above this local std the area is an edge or a line, not texture: weight falls back to the floor.
+const EDGE_STD: f32 = 28.0;
+/// Levels of std over [`EDGE_STD`] that take the weight from ceiling to floor.
+const EDGE_FALLOFF: f32 = 16.0;
+
+/// Mask for a luma plane, for a mark whose chips are `chip_px` pixels wide.
+pub fn perceptual_mask(luma: &Plane, chip_px: f64) -> Plane {
+    let radius = (chip_px.round() as usize).max(2);
+    let mean = luma.box_mean(radius);
+    let sq = Plane { data: luma.data.par_iter().map(|v| v * v).collect(), ..luma.clone() }.box_mean(radius);
+    let raw: Vec<f32> = mean
+        .data
+        .par_iter()
+        .zip(&sq.data)
+        .map(|(&m, &s)| {
+            let std = (s - m * m).max(0.0).sqrt();
+            let texture = (std / STD_PER_UNIT).clamp(FLOOR, CEILING);
+            if std > EDGE_STD {
+                let fall = ((std - EDGE_STD) / EDGE_FALLOFF).min(1.0);
+                texture + (FLOOR - texture) * fall
+            } else {
+                texture
+            }
+        })
+        .collect();
+    // Smooth so the weight never jumps from one pixel to the next.
+    Plane { data: raw, ..luma.clone() }.box_mean(radius)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_gets_floor_texture_more_and_lines_floor() {
+        let (w, h) = (64, 64);
+        let mut luma = Plane::filled(w, h, 255.0);
+        // Noise-like texture on the left half; a thin black line on the right.
+        for y in 0..h {
+            for x in 0..w / 2 {
+                luma.data[y * w + x] = 128.0 + if (x * 7 + y * 13) % 5 < 2 { 20.0 } else { -14.0 };
+            }
+            luma.data[y * w + 48] = 0.0;
+        }
+        let m = perceptual_mask(&luma, 2.0);
+        let at = |x: usize, y: usize| m.data[y * w + x];
+        assert!(at(12, 32) > 1.5, "texture {}", at(12, 32));
+        assert!((at(60, 10) - FLOOR).abs() < 1e-3, "flat white {}", at(60, 10));
+        assert!(at(48, 32) < 1.0, "line {}", at(48, 32));
+    }
+}

@@ -1,0 +1,392 @@
+//! Blind geometry: find the lattice on which the keyed tile repeats.
+//!
+//! The mark repeats every 64 chips, so the autocorrelation of the leak's
+//! noise residual has peaks on a lattice whose two basis vectors are the
+//! images of the tile's sides under whatever the leak went through: their
+//! lengths give scale and aspect, their angles rotation and shear, and their
+//! orientation a possible mirror. Host images have their own periodicities
+//! (lines, UI dot grids, textures), so the power spectrum is flattened first
+//! and several lattices are kept as candidates; the detector verifies each
+//! and the statistics charge for each. Knows nothing of keys: the lattice
+//! comes from the image alone, which is why choosing it costs the
+//! false-alarm statistic nothing beyond the candidate count.
+
+use rustfft::num_complex::Complex32;
+
+use crate::fft::{fast_size, Fft2};
+use crate::plane::Plane;
+
+/// Longest side of the working image, pixels: larger leaks are shrunk first
+/// (a chip stays above a pixel for any leak that still carries the mark).
+pub const WORK_MAX_PX: usize = 1024;
+/// Shortest lattice vector searched, working pixels (64 chips of 0.6 px).
+const MIN_PERIOD_PX: f64 = 36.0;
+/// Autocorrelation peaks examined when forming bases.
+const PEAKS: usize = 24;
+/// Lattice candidates handed to the detector.
+pub const MAX_CANDIDATES: usize = 4;
+/// JPEG block size, leak pixels.
+const JPEG_BLOCK_PX: f64 = 8.0;
+
+/// A candidate lattice: basis vectors in working pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lattice {
+    /// First basis vector (x, y).
+    pub u: [f64; 2],
+    /// Second basis vector (x, y).
+    pub v: [f64; 2],
+    /// Evidence for the lattice (sum of peak z-scores).
+    pub score: f64,
+}
+
+/// The leak prepared for synchronisation and folding.
+pub struct Prepared {
+    /// Normalised noise residual at working resolution.
+    pub residual: Plane,
+    /// Working pixels per leak pixel (≤ 1).
+    pub work_scale: f64,
+}
+
+/// Shrinks the luma to working size and extracts a normalised noise residual:
+/// local detail divided by local activity and clipped, so that edges, lines
+/// and text weigh no more than the flat areas that carry the mark.
+pub fn prepare(luma: &Plane) -> Prepared {
+    let long = luma.width.max(luma.height);
+    let (work, work_scale) = if long > WORK_MAX_PX {
+        let s = WORK_MAX_PX as f64 / long as f64;
+        let w = ((luma.width as f64 * s).round() as usize).max(1);
+        let h = ((luma.height as f64 * s).round() as usize).max(1);
+        (luma.resize_area(w, h), s)
+    } else {
+        (luma.clone(), 1.0)
+    };
+    let smooth = work.box_mean(1);
+    let detail: Vec<f32> = work.data.iter().zip(&smooth.data).map(|(a, b)| a - b).collect();
+    let detail = Plane { data: detail, ..work.clone() };
+    let activity = Plane { data: detail.data.iter().map(|v| v * v).collect(), ..work.clone() }.box_mean(4);
+    let data = detail
+        .data
+        .iter()
+        .zip(&activity.data)
+        .map(|(&d, &a)| (d / (a.max(0.0).sqrt() + 0.35)).clamp(-2.5, 2.5))
+        .collect();
+    Prepared { residual: Plane { data, ..work }, work_scale }
+}
+
+/// Autocorrelation of the residual with a flattened spectrum, as a centred
+/// plane (lag (0,0) at the centre), normalised to 1 at lag 0.
+fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, usize) {
+    // Zero padding by half the size lets lags reach 3/4 of the short side
+    // without wrapping: a quarter-area crop may hold barely two periods.
+    let (w, h) = (fast_size(residual.width * 3 / 2), fast_size(residual.height * 3 / 2));
+    let mean = residual.data.iter().sum::<f32>() / residual.data.len().max(1) as f32;
+    // Cosine taper over the outer 6 % so the borders do not ring.
+    let taper = |i: usize, n: usize| -> f32 {
+        let edge = (n as f32 * 0.06).max(1.0);
+        let d = (i as f32 + 0.5).min(n as f32 - i as f32 - 0.5);
+        if d >= edge {
+            1.0
+        } else {
+            0.5 - 0.5 * (std::f32::consts::PI * d / edge).cos()
+        }
+    };
+    let mut buf = vec![Complex32::new(0.0, 0.0); w * h];
+    for y in 0..residual.height {
+        let ty = taper(y, residual.height);
+        for x in 0..residual.width {
+            let v = (residual.data[y * residual.width + x] - mean) * ty * taper(x, residual.width);
+            buf[y * w + x] = Complex32::new(v, 0.0);
+        }
+    }
+    let fft = Fft2::new(w, h);
+    fft.forward(&mut buf);
+    let power: Vec<f32> = buf.iter().map(|c| c.norm_sqr()).collect();
+    let smooth = Plane { width: w, height: h, data: power.clone() }.box_mean(4);
+    for (i, c) in buf.iter_mut().enumerate() {
+        let (fx, fy) = (i % w, i / w);
+        // Axes carry borders and straight lines of the host, not the mark.
+        let on_axis = fx <= 1 || fx >= w - 1 || fy <= 1 || fy >= h - 1;
+        // JPEG's 8×8 block grid puts energy on lines at multiples of 1/8 cycle per leak pixel.
+        let near_grid = |f: usize, n: usize| {
+            let period = n as f64 / grid_px;
+            let r = f as f64 / period;
+            (r - r.round()).abs() * period < 1.5 && r.round() != 0.0
+        };
+        let on_axis = on_axis || near_grid(fx, w) || near_grid(fy, h);
+        let flat = if on_axis { 0.0 } else { power[i] / (smooth.data[i].max(0.0) + 1e-12) };
+        *c = Complex32::new(flat, 0.0);
+    }
+    fft.inverse(&mut buf);
+    let zero = buf[0].re.max(1e-12);
+    let mut centred = Plane::filled(w, h, 0.0);
+    for y in 0..h {
+        for x in 0..w {
+            let (cx, cy) = ((x + w / 2) % w, (y + h / 2) % h);
+            centred.data[cy * w + cx] = buf[y * w + x].re / zero;
+        }
+    }
+    (centred, w, h)
+}
+
+/// Candidate lattices for a prepared leak, best first (possibly none).
+pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
+    let r = &prepared.residual;
+    // A JPEG block grid, in working pixels, when JPEG was the leak's last step.
+    let grid_px = JPEG_BLOCK_PX * prepared.work_scale;
+    let (acf, w, h) = whitened_autocorrelation(r, grid_px);
+    let (cx, cy) = ((w / 2) as isize, (h / 2) as isize);
+    let max_lag = (r.width.min(r.height) as f64 * 0.7).min(w.min(h) as f64 / 2.0 - 2.0);
+    if max_lag <= MIN_PERIOD_PX {
+        return Vec::new();
+    }
+    let at = |dx: isize, dy: isize| acf.at_clamped(cx + dx, cy + dy);
+
+    // Robust background level over the searched annulus.
+    let mut ring = Vec::new();
+    let step = 2;
+    for dy in (0..=max_lag as isize).step_by(step) {
+        for dx in (-(max_lag as isize)..=max_lag as isize).step_by(step) {
+            let len = ((dx * dx + dy * dy) as f64).sqrt();
+            if len >= MIN_PERIOD_PX && len <= max_lag {
+                ring.push(at(dx, dy));
+            }
+        }
+    }
+    if ring.len() < 16 {
+        return Vec::new();
+    }
+    ring.sort_by(|a, b| a.total_cmp(b));
+    let median = ring[ring.len() / 2];
+    let mad = ring.iter().map(|v| (v - median).abs()).fold(Vec::new(), |mut acc, v| {
+        acc.push(v);
+        acc
+    });
+    let mut mad = mad;
+    mad.sort_by(|a, b| a.total_cmp(b));
+    let sigma = (1.4826 * mad[mad.len() / 2]).max(1e-9);
+    let z = |dx: isize, dy: isize| ((at(dx, dy) - median) / sigma) as f64;
+
+    // Local maxima in the upper half plane.
+    let mut peaks: Vec<(f64, isize, isize)> = Vec::new();
+    let ml = max_lag as isize;
+    for dy in 0..=ml {
+        for dx in -ml..=ml {
+            if dy == 0 && dx <= 0 {
+                continue;
+            }
+            let len = ((dx * dx + dy * dy) as f64).sqrt();
+            if len < MIN_PERIOD_PX || len > max_lag {
+                continue;
+            }
+            let v = at(dx, dy);
+            let mut is_max = true;
+            'n: for ny in -1..=1 {
+                for nx in -1..=1 {
+                    if (nx, ny) != (0, 0) && at(dx + nx, dy + ny) > v {
+                        is_max = false;
+                        break 'n;
+                    }
+                }
+            }
+            if is_max {
+                peaks.push((z(dx, dy), dx, dy));
+            }
+        }
+    }
+    peaks.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    peaks.truncate(PEAKS);
+
+    // Basis vectors come from the peaks and from their halves and thirds (a
+    // lattice's shortest vector is sometimes masked by the host). Each pair is
+    // reduced and scored by every lattice point it predicts: Σ (z − Z_EMPTY)
+    // rewards a lattice that explains many peaks and punishes one that
+    // predicts peaks that are not there, so neither a sparser sub-lattice nor
+    // a finer super-lattice beats the true one.
+    const Z_EMPTY: f64 = 4.0;
+    let lattice_z = |p: [f64; 2]| -> f64 {
+        let (px, py) = (p[0].round() as isize, p[1].round() as isize);
+        let mut best = f64::NEG_INFINITY;
+        for ny in -1..=1 {
+            for nx in -1..=1 {
+                best = best.max(z(px + nx, py + ny));
+            }
+        }
+        best
+    };
+    let density_score = |u: [f64; 2], v: [f64; 2]| -> f64 {
+        let kmax = (max_lag / norm(u).min(norm(v))).ceil() as i32 + 1;
+        let mut total = 0.0;
+        for k in -kmax..=kmax {
+            for l in 0..=kmax {
+                if l == 0 && k <= 0 {
+                    continue;
+                }
+                let p = add(scale(u, f64::from(k)), scale(v, f64::from(l)));
+                let len = norm(p);
+                if len >= MIN_PERIOD_PX && len <= max_lag {
+                    total += lattice_z(p).min(12.0) - Z_EMPTY;
+                }
+            }
+        }
+        total
+    };
+    let mut vectors: Vec<[f64; 2]> = Vec::new();
+    for &(_, px, py) in &peaks {
+        for div in [1.0, 2.0, 3.0] {
+            let p = [px as f64 / div, py as f64 / div];
+            if norm(p) >= MIN_PERIOD_PX {
+                vectors.push(p);
+            }
+        }
+    }
+    let mut candidates: Vec<Lattice> = Vec::new();
+    for (i, &a) in vectors.iter().enumerate() {
+        for &b in vectors.iter().skip(i + 1) {
+            let Some((u, v)) = reduce(a, b) else { continue };
+            let (lu, lv) = (norm(u), norm(v));
+            if lu < MIN_PERIOD_PX || lv > max_lag || lv / lu > 1.6 {
+                continue;
+            }
+            let sin = cross(u, v).abs() / (lu * lv);
+            if sin < 0.7 {
+                continue;
+            }
+            // JPEG blocking makes its own lattice on the 8-px grid; a mark lattice
+            // sits exactly on it only by coincidence (MIN_CHIP_PX avoids it).
+            let on_grid = |p: [f64; 2]| p.iter().all(|c| ((c / grid_px) - (c / grid_px).round()).abs() * grid_px < 0.6);
+            if on_grid(u) && on_grid(v) {
+                continue;
+            }
+            let lat = Lattice { u, v, score: 0.0 };
+            if !candidates.iter().any(|c| same_lattice(c, &lat)) {
+                candidates.push(lat);
+            }
+        }
+    }
+    for c in &mut candidates {
+        c.score = density_score(c.u, c.v);
+    }
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    candidates.truncate(MAX_CANDIDATES);
+    candidates.into_iter().map(|c| refine(&acf, cx, cy, max_lag, c)).collect()
+}
+
+/// Least-squares fit of the basis to every lattice point visible in the
+/// autocorrelation (sub-pixel peak positions): far points pin the period to
+/// a small fraction of a pixel, which folding over many tiles needs.
+fn refine(acf: &Plane, cx: isize, cy: isize, max_lag: f64, mut lat: Lattice) -> Lattice {
+    let at = |x: isize, y: isize| f64::from(acf.at_clamped(cx + x, cy + y));
+    for _ in 0..3 {
+        let (mut suu, mut suv, mut svv) = (0.0, 0.0, 0.0);
+        let (mut bu, mut bv) = ([0.0; 2], [0.0; 2]);
+        let kmax = (max_lag / norm(lat.u).min(norm(lat.v))).ceil() as i32 + 1;
+        for k in -kmax..=kmax {
+            for l in 0..=kmax {
+                if l == 0 && k <= 0 {
+                    continue;
+                }
+                let p = add(scale(lat.u, f64::from(k)), scale(lat.v, f64::from(l)));
+                if norm(p) > max_lag || norm(p) < 1.0 {
+                    continue;
+                }
+                // Local maximum within ±2 px, then a parabolic sub-pixel fit.
+                let (mut bx, mut by, mut bval) = (p[0].round() as isize, p[1].round() as isize, f64::NEG_INFINITY);
+                let (px, py) = (bx, by);
+                for ny in -2..=2 {
+                    for nx in -2..=2 {
+                        let v = at(px + nx, py + ny);
+                        if v > bval {
+                            (bx, by, bval) = (px + nx, py + ny, v);
+                        }
+                    }
+                }
+                if bval <= 0.0 {
+                    continue;
+                }
+                let sub = |m: f64, c: f64, p: f64| {
+                    let den = m - 2.0 * c + p;
+                    if den < 0.0 {
+                        (0.5 * (m - p) / den).clamp(-0.5, 0.5)
+                    } else {
+                        0.0
+                    }
+                };
+                let ox = sub(at(bx - 1, by), bval, at(bx + 1, by));
+                let oy = sub(at(bx, by - 1), bval, at(bx, by + 1));
+                let obs = [bx as f64 + ox, by as f64 + oy];
+                let wgt = bval;
+                let (kf, lf) = (f64::from(k), f64::from(l));
+                suu += wgt * kf * kf;
+                suv += wgt * kf * lf;
+                svv += wgt * lf * lf;
+                for d in 0..2 {
+                    bu[d] += wgt * kf * obs[d];
+                    bv[d] += wgt * lf * obs[d];
+                }
+            }
+        }
+        let det = suu * svv - suv * suv;
+        if det.abs() < 1e-9 {
+            break;
+        }
+        for d in 0..2 {
+            lat.u[d] = (svv * bu[d] - suv * bv[d]) / det;
+            lat.v[d] = (suu * bv[d] - suv * bu[d]) / det;
+        }
+    }
+    lat
+}
+
+/// Gauss–Lagrange reduction: the shortest basis of the lattice spanned by a, b.
+fn reduce(mut a: [f64; 2], mut b: [f64; 2]) -> Option<([f64; 2], [f64; 2])> {
+    if cross(a, b).abs() < 1e-6 {
+        return None;
+    }
+    for _ in 0..32 {
+        if norm(a) > norm(b) {
+            std::mem::swap(&mut a, &mut b);
+        }
+        let mu = (dot(a, b) / dot(a, a)).round();
+        if mu == 0.0 {
+            break;
+        }
+        b = sub(b, scale(a, mu));
+    }
+    Some((a, b))
+}
+
+fn same_lattice(a: &Lattice, b: &Lattice) -> bool {
+    let close = |p: [f64; 2], q: [f64; 2]| norm(sub(p, q)).min(norm(add(p, q))) < 3.0;
+    (close(a.u, b.u) && close(a.v, b.v)) || (close(a.u, b.v) && close(a.v, b.u))
+}
+
+fn dot(a: [f64; 2], b: [f64; 2]) -> f64 {
+    a[0] * b[0] + a[1] * b[1]
+}
+fn cross(a: [f64; 2], b: [f64; 2]) -> f64 {
+    a[0] * b[1] - a[1] * b[0]
+}
+fn norm(a: [f64; 2]) -> f64 {
+    dot(a, a).sqrt()
+}
+fn add(a: [f64; 2], b: [f64; 2]) -> [f64; 2] {
+    [a[0] + b[0], a[1] + b[1]]
+}
+fn sub(a: [f64; 2], b: [f64; 2]) -> [f64; 2] {
+    [a[0] - b[0], a[1] - b[1]]
+}
+fn scale(a: [f64; 2], s: f64) -> [f64; 2] {
+    [a[0] * s, a[1] * s]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_finds_the_short_basis() {
+        let (u, v) = reduce([10.0, 0.0], [31.0, 10.0]).unwrap();
+        assert!((norm(u) - 10.0).abs() < 1e-9);
+        assert!((norm(v) - 10.0).abs() < 1e-9);
+    }
+}

@@ -3,5 +3,6 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod ledger;
 
 pub use error::{Error, Result};

@@ -35,7 +35,7 @@
 //! ```
 //! use leakmark::ledger::{CopyState, Ledger, NewDocument};
 //!
-//! let dir = tempfile::tempdir()?;
+//! let dir = tempfile::tempdir().expect("a temporary folder");
 //! let path = dir.path().join("ledger.sqlite");
 //! let mut ledger = Ledger::create(&path, "8f14e45fceea167a")?;
 //!
@@ -1816,4 +1816,806 @@ fn trace_from_row(r: &Row<'_>) -> rusqlite::Result<TraceRecord> {
         traced_at: r.get(3)?,
         result_json: r.get(4)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use tempfile::TempDir;
+
+    const FP: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER_FP: &str = "fedcba9876543210fedcba9876543210";
+
+    fn new_ledger() -> (TempDir, PathBuf, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let ledger = Ledger::create(&path, FP).unwrap();
+        (dir, path, ledger)
+    }
+
+    fn new_doc(name: &str, sha_byte: u8) -> NewDocument {
+        NewDocument {
+            name: name.into(),
+            sha256: to_hex(&[sha_byte; 32]),
+            original_path: Some(PathBuf::from(format!("/archive/{name}"))),
+            width: 640,
+            height: 480,
+            variant: 3,
+        }
+    }
+
+    fn sha(byte: u8) -> String {
+        to_hex(&[byte; 32])
+    }
+
+    #[test]
+    fn create_then_open_keeps_the_data() {
+        let (_dir, path, mut ledger) = new_ledger();
+        assert_eq!(ledger.key_fingerprint(), FP);
+        ledger.add_supplier("Acme", None, None).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&path, FP).unwrap();
+        assert_eq!(ledger.suppliers().unwrap().len(), 1);
+        assert_eq!(ledger.path(), path);
+    }
+
+    #[test]
+    fn ledger_file_is_wal_versioned_and_marked() {
+        let (_dir, path, ledger) = new_ledger();
+        drop(ledger);
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        let app: i64 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .unwrap();
+        assert_eq!(app, i64::from(APPLICATION_ID));
+    }
+
+    #[test]
+    fn fingerprint_is_compared_case_insensitively() {
+        let (_dir, path, ledger) = new_ledger();
+        drop(ledger);
+        Ledger::open(&path, &FP.to_ascii_uppercase()).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_wrong_fingerprint() {
+        let (_dir, path, ledger) = new_ledger();
+        drop(ledger);
+        let err = Ledger::open(&path, OTHER_FP).unwrap_err();
+        match &err {
+            Error::LedgerWrongKey {
+                ledger_key,
+                given_key,
+                ..
+            } => {
+                assert_eq!(ledger_key, FP);
+                assert_eq!(given_key, OTHER_FP);
+            }
+            other => panic!("expected LedgerWrongKey, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "this ledger was made under key {FP}, you passed key {OTHER_FP}"
+            )),
+            "{text}"
+        );
+        // open_or_create must refuse too, not rebind.
+        assert!(matches!(
+            Ledger::open_or_create(&path, OTHER_FP),
+            Err(Error::LedgerWrongKey { .. })
+        ));
+    }
+
+    #[test]
+    fn open_refuses_non_hex_fingerprint() {
+        let (_dir, path, ledger) = new_ledger();
+        drop(ledger);
+        assert!(matches!(
+            Ledger::open(&path, "not hex!"),
+            Err(Error::Ledger { .. })
+        ));
+        assert!(matches!(Ledger::open(&path, ""), Err(Error::Ledger { .. })));
+    }
+
+    #[test]
+    fn open_refuses_missing_file_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.sqlite");
+        let err = Ledger::open(&path, FP).unwrap_err();
+        assert!(matches!(err, Error::LedgerMissing { .. }), "{err:?}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn create_refuses_existing_file() {
+        let (_dir, path, ledger) = new_ledger();
+        drop(ledger);
+        let err = Ledger::create(&path, FP).unwrap_err();
+        assert!(matches!(err, Error::Ledger { .. }), "{err:?}");
+        assert!(err.to_string().contains("already exists"));
+        // The existing ledger is intact.
+        Ledger::open(&path, FP).unwrap();
+    }
+
+    #[test]
+    fn open_or_create_creates_then_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite");
+        let mut a = Ledger::open_or_create(&path, FP).unwrap();
+        a.add_supplier("Acme", None, None).unwrap();
+        drop(a);
+        let b = Ledger::open_or_create(&path, FP).unwrap();
+        assert_eq!(b.suppliers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn open_refuses_newer_schema() {
+        let (_dir, path, ledger) = new_ledger();
+        drop(ledger);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Ledger::open(&path, FP).unwrap_err();
+        match err {
+            Error::LedgerNewerSchema {
+                found, supported, ..
+            } => {
+                assert_eq!(found, 99);
+                assert_eq!(supported, SCHEMA_VERSION);
+            }
+            other => panic!("expected LedgerNewerSchema, got {other:?}"),
+        }
+        // Refused untouched.
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99);
+    }
+
+    #[test]
+    fn open_refuses_garbage_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.sqlite");
+        let garbage: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &garbage).unwrap();
+        let err = Ledger::open(&path, FP).unwrap_err();
+        assert!(matches!(err, Error::LedgerCorrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("restore"), "{err}");
+        // Nothing was written to it.
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn open_refuses_a_text_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "this is not a database\n".repeat(300)).unwrap();
+        assert!(matches!(
+            Ledger::open_or_create(&path, FP),
+            Err(Error::LedgerCorrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn open_refuses_another_programs_sqlite_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        drop(conn);
+        let err = Ledger::open(&path, FP).unwrap_err();
+        assert!(matches!(err, Error::LedgerCorrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a leakmark ledger"), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_an_empty_file_but_open_or_create_initialises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.sqlite");
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(
+            Ledger::open(&path, FP),
+            Err(Error::LedgerCorrupt { .. })
+        ));
+        Ledger::open_or_create(&path, FP).unwrap();
+        Ledger::open(&path, FP).unwrap();
+    }
+
+    #[test]
+    fn migrations_from_zero_reach_the_current_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        migrate(&tx, 0).unwrap();
+        tx.commit().unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, i64::from(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn supplier_tree_add_chain_and_list() {
+        let (_dir, _path, mut l) = new_ledger();
+        let acme = l
+            .add_supplier(" Acme ", None, Some("sec@acme.example"))
+            .unwrap();
+        assert_eq!(acme.name, "Acme");
+        assert_eq!(acme.contact.as_deref(), Some("sec@acme.example"));
+        let bolt = l.add_supplier("Bolt", None, Some("  ")).unwrap();
+        assert_eq!(bolt.contact, None);
+        let moulds = l.add_supplier("Moulds", Some("Acme"), None).unwrap();
+        let tools = l.add_supplier("Tools", Some("Moulds"), None).unwrap();
+        l.add_supplier("Alpha", Some("Acme"), None).unwrap();
+        assert_eq!(moulds.parent_id, Some(acme.id));
+
+        let chain: Vec<String> = l
+            .chain(tools.id)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(chain, ["Tools", "Moulds", "Acme"]);
+        assert_eq!(l.chain(bolt.id).unwrap().len(), 1);
+
+        let tree = l.supplier_tree().unwrap();
+        let names = |nodes: &[SupplierNode]| -> Vec<String> {
+            nodes.iter().map(|n| n.supplier.name.clone()).collect()
+        };
+        assert_eq!(names(&tree), ["Acme", "Bolt"]);
+        assert_eq!(names(&tree[0].children), ["Alpha", "Moulds"]);
+        assert_eq!(names(&tree[0].children[1].children), ["Tools"]);
+        assert!(tree[1].children.is_empty());
+
+        assert_eq!(l.supplier_by_name("Moulds").unwrap().id, moulds.id);
+        assert_eq!(l.supplier(tools.id).unwrap().name, "Tools");
+        assert_eq!(l.suppliers().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn supplier_tree_is_serialisable() {
+        let (_dir, _path, mut l) = new_ledger();
+        l.add_supplier("Acme", None, None).unwrap();
+        l.add_supplier("Moulds", Some("Acme"), None).unwrap();
+        let json = serde_json::to_string(&l.supplier_tree().unwrap()).unwrap();
+        assert!(json.contains("\"children\":[{\"supplier\":{"), "{json}");
+    }
+
+    #[test]
+    fn add_supplier_refuses_unknown_parent_duplicate_and_empty_name() {
+        let (_dir, _path, mut l) = new_ledger();
+        l.add_supplier("Acme", None, None).unwrap();
+        assert!(matches!(
+            l.add_supplier("Moulds", Some("Nobody"), None),
+            Err(Error::UnknownSupplier { name }) if name == "Nobody"
+        ));
+        assert!(matches!(
+            l.add_supplier("Acme", None, None),
+            Err(Error::Ledger { .. })
+        ));
+        assert!(matches!(
+            l.add_supplier("  ", None, None),
+            Err(Error::Ledger { .. })
+        ));
+        assert!(matches!(
+            l.supplier_by_name("Nobody"),
+            Err(Error::UnknownSupplier { .. })
+        ));
+        assert!(matches!(
+            l.chain(SupplierId(999)),
+            Err(Error::UnknownSupplier { .. })
+        ));
+        assert_eq!(l.suppliers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn set_parent_refuses_cycles() {
+        let (_dir, _path, mut l) = new_ledger();
+        l.add_supplier("A", None, None).unwrap();
+        l.add_supplier("B", Some("A"), None).unwrap();
+        l.add_supplier("C", Some("B"), None).unwrap();
+        for (child, parent) in [("A", "C"), ("A", "B"), ("A", "A"), ("B", "C")] {
+            let err = l.set_parent(child, Some(parent)).unwrap_err();
+            assert!(
+                matches!(err, Error::SupplierCycle { .. }),
+                "{child} under {parent}: {err:?}"
+            );
+        }
+        // Legal moves work, and the tree stays a tree.
+        let c = l.set_parent("C", Some("A")).unwrap();
+        assert_eq!(c.parent_id, Some(l.supplier_by_name("A").unwrap().id));
+        l.set_parent("B", None).unwrap();
+        assert_eq!(l.supplier_tree().unwrap().len(), 2);
+        assert!(matches!(
+            l.set_parent("B", Some("Nobody")),
+            Err(Error::UnknownSupplier { .. })
+        ));
+    }
+
+    #[test]
+    fn chain_and_tree_report_a_hand_made_cycle() {
+        let (_dir, path, mut l) = new_ledger();
+        let a = l.add_supplier("A", None, None).unwrap();
+        let b = l.add_supplier("B", Some("A"), None).unwrap();
+        drop(l);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE suppliers SET parent_id = ?1 WHERE id = ?2",
+            [b.id.0, a.id.0],
+        )
+        .unwrap();
+        drop(conn);
+        let l = Ledger::open(&path, FP).unwrap();
+        assert!(matches!(l.chain(b.id), Err(Error::LedgerCorrupt { .. })));
+        assert!(matches!(
+            l.supplier_tree(),
+            Err(Error::LedgerCorrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn csv_parser_handles_quotes_blank_lines_and_missing_contact() {
+        let text = "\u{feff}Name, Parent ,CONTACT\r\n\
+                    \r\n\
+                    Moulds,Acme,\"Doe, Jane \"\"JD\"\"\"\r\n\
+                    Acme,,\r\n\
+                    Bolt, \r\n";
+        let rows = parse_suppliers_csv(text, Path::new("s.csv")).unwrap();
+        assert_eq!(
+            rows,
+            [
+                NewSupplier {
+                    name: "Moulds".into(),
+                    parent: Some("Acme".into()),
+                    contact: Some("Doe, Jane \"JD\"".into()),
+                },
+                NewSupplier {
+                    name: "Acme".into(),
+                    parent: None,
+                    contact: None,
+                },
+                NewSupplier {
+                    name: "Bolt".into(),
+                    parent: None,
+                    contact: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_parser_reports_the_bad_line() {
+        let cases = [
+            ("", 1),
+            ("name,contact\nA,x\n", 1),
+            ("name,parent,contact\nA,,x,extra\n", 2),
+            ("name,parent,contact\nA\n", 2),
+            ("name,parent,contact\nA,,\n\n,B,\n", 4),
+            ("name,parent,contact\nA,,\"open\n", 2),
+            ("name,parent,contact\nA,,x\"y\n", 2),
+            ("name,parent,contact\nA,,\"x\"y\n", 2),
+            ("name,parent,contact\nA,,\nA,,\n", 3),
+        ];
+        for (text, want_line) in cases {
+            match parse_suppliers_csv(text, Path::new("s.csv")) {
+                Err(Error::SupplierCsv { line, .. }) => assert_eq!(line, want_line, "{text:?}"),
+                other => panic!("{text:?}: expected SupplierCsv, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn import_builds_the_tree_in_any_row_order_and_is_idempotent() {
+        let (dir, _path, mut l) = new_ledger();
+        l.add_supplier("Existing", None, None).unwrap();
+        let csv = dir.path().join("suppliers.csv");
+        std::fs::write(
+            &csv,
+            "name,parent,contact\n\
+             T3,T2,\n\
+             T2,T1,t2@x.example\n\
+             T1,,\n\
+             Sub,Existing,\n\
+             Existing,,boss@existing.example\n",
+        )
+        .unwrap();
+        let summary = l.import_suppliers_csv(&csv).unwrap();
+        assert_eq!(
+            summary,
+            ImportSummary {
+                added: 4,
+                updated: 1,
+                unchanged: 0
+            }
+        );
+        let t3 = l.supplier_by_name("T3").unwrap();
+        let chain: Vec<String> = l
+            .chain(t3.id)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(chain, ["T3", "T2", "T1"]);
+        assert_eq!(
+            l.supplier_by_name("Existing").unwrap().contact.as_deref(),
+            Some("boss@existing.example")
+        );
+        let again = l.import_suppliers_csv(&csv).unwrap();
+        assert_eq!(
+            again,
+            ImportSummary {
+                added: 0,
+                updated: 0,
+                unchanged: 5
+            }
+        );
+        assert_eq!(l.suppliers().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn import_refuses_cycles_and_unknown_parents_atomically() {
+        let (_dir, _path, mut l) = new_ledger();
+        let row = |name: &str, parent: Option<&str>| NewSupplier {
+            name: name.into(),
+            parent: parent.map(Into::into),
+            contact: None,
+        };
+        let cyclic = [
+            row("Fine", None),
+            row("A", Some("B")),
+            row("B", Some("C")),
+            row("C", Some("A")),
+        ];
+        assert!(matches!(
+            l.import_suppliers(&cyclic),
+            Err(Error::SupplierCycle { .. })
+        ));
+        let self_parent = [row("S", Some("S"))];
+        assert!(matches!(
+            l.import_suppliers(&self_parent),
+            Err(Error::SupplierCycle { .. })
+        ));
+        let orphan = [row("Fine", None), row("X", Some("Ghost"))];
+        assert!(matches!(
+            l.import_suppliers(&orphan),
+            Err(Error::UnknownSupplier { name }) if name == "Ghost"
+        ));
+        // All or nothing: "Fine" was rolled back each time.
+        assert!(l.suppliers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn import_refuses_an_existing_supplier_under_another_parent() {
+        let (_dir, _path, mut l) = new_ledger();
+        l.add_supplier("P", None, None).unwrap();
+        l.add_supplier("Q", None, None).unwrap();
+        l.add_supplier("C", Some("P"), None).unwrap();
+        let rows = [NewSupplier {
+            name: "C".into(),
+            parent: Some("Q".into()),
+            contact: None,
+        }];
+        let err = l.import_suppliers(&rows).unwrap_err();
+        assert!(matches!(err, Error::Ledger { .. }), "{err:?}");
+        assert!(err.to_string().contains("already exists under P"), "{err}");
+    }
+
+    #[test]
+    fn register_document_is_idempotent_on_hash() {
+        let (_dir, _path, mut l) = new_ledger();
+        let mut new = new_doc("bumper.png", 7);
+        new.sha256 = new.sha256.to_ascii_uppercase();
+        let d1 = l.register_document(&new).unwrap();
+        assert_eq!(d1.sha256, sha(7));
+        assert_eq!(d1.variant, 3);
+        assert_eq!((d1.width, d1.height), (640, 480));
+        assert_eq!(
+            d1.original_path.as_deref(),
+            Some(Path::new("/archive/bumper.png"))
+        );
+        let mut renamed = new_doc("bumper copy.png", 7);
+        renamed.variant = 9;
+        let d2 = l.register_document(&renamed).unwrap();
+        assert_eq!(d1, d2);
+        let other = l.register_document(&new_doc("door.png", 8)).unwrap();
+        assert_ne!(other.id, d1.id);
+        assert_eq!(l.documents().unwrap(), [d1.clone(), other]);
+        assert_eq!(l.document(d1.id).unwrap(), Some(d1.clone()));
+        assert_eq!(l.document_by_sha256(&sha(7)).unwrap(), Some(d1));
+        assert_eq!(l.document_by_sha256(&sha(9)).unwrap(), None);
+        assert_eq!(l.document_by_sha256("xyz").unwrap(), None);
+    }
+
+    #[test]
+    fn register_document_refuses_bad_input() {
+        let (_dir, _path, mut l) = new_ledger();
+        let mut bad_hash = new_doc("a.png", 1);
+        bad_hash.sha256 = "abc".into();
+        let mut zero = new_doc("b.png", 2);
+        zero.height = 0;
+        let mut unnamed = new_doc("c.png", 3);
+        unnamed.name = " ".into();
+        for doc in [bad_hash, zero, unnamed] {
+            assert!(matches!(
+                l.register_document(&doc),
+                Err(Error::Ledger { .. })
+            ));
+        }
+        assert!(l.documents().unwrap().is_empty());
+    }
+
+    #[test]
+    fn allocating_twice_returns_the_same_copy() {
+        let (_dir, _path, mut l) = new_ledger();
+        let s = l.add_supplier("Acme", None, None).unwrap();
+        let d = l.register_document(&new_doc("a.png", 1)).unwrap();
+        let first = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        assert_eq!(first.state, CopyState::Reserved);
+        assert_ne!(first.serial, 0);
+        let second = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        assert_eq!(first, second);
+        // Still the same after it was issued.
+        let issued = l
+            .mark_copy_written(first.id, Path::new("/out/a_acme.png"), &sha(2))
+            .unwrap();
+        let third = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        assert_eq!(third, issued);
+        assert_eq!(third.serial, first.serial);
+    }
+
+    #[test]
+    fn allocate_refuses_unknown_document_or_recipient() {
+        let (_dir, _path, mut l) = new_ledger();
+        let s = l.add_supplier("Acme", None, None).unwrap();
+        let d = l.register_document(&new_doc("a.png", 1)).unwrap();
+        assert!(matches!(
+            l.allocate_or_get_copy(DocumentId(999), s.id),
+            Err(Error::Ledger { .. })
+        ));
+        assert!(matches!(
+            l.allocate_or_get_copy(d.id, SupplierId(999)),
+            Err(Error::UnknownSupplier { .. })
+        ));
+        assert!(matches!(
+            l.mark_copy_written(CopyId(999), Path::new("/x.png"), &sha(1)),
+            Err(Error::Ledger { .. })
+        ));
+        assert!(l.issued_copies(true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn serials_are_unique_and_not_sequential_over_many_copies() {
+        let (_dir, _path, mut l) = new_ledger();
+        let docs: Vec<Document> = (0..5)
+            .map(|i| {
+                l.register_document(&new_doc(&format!("d{i}.png"), i))
+                    .unwrap()
+            })
+            .collect();
+        let suppliers: Vec<Supplier> = (0..100)
+            .map(|i| l.add_supplier(&format!("S{i:03}"), None, None).unwrap())
+            .collect();
+        let mut serials = Vec::new();
+        for d in &docs {
+            for s in &suppliers {
+                serials.push(l.allocate_or_get_copy(d.id, s.id).unwrap().serial);
+            }
+        }
+        let distinct: HashSet<u32> = serials.iter().copied().collect();
+        assert_eq!(distinct.len(), 500);
+        assert!(!distinct.contains(&0));
+        // Consecutive allocations are not neighbours: a counter would give
+        // differences of 1; random draws almost never give any.
+        let adjacent = serials
+            .windows(2)
+            .filter(|w| w[0].abs_diff(w[1]) <= 1000)
+            .count();
+        assert!(adjacent < 5, "{adjacent} near-sequential serials");
+        assert_eq!(l.issued_copies(true).unwrap().len(), 500);
+        assert!(l.issued_copies(false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reserved_copy_is_completed_on_rerun_with_the_same_serial() {
+        let (_dir, path, mut l) = new_ledger();
+        let s = l.add_supplier("Acme", None, None).unwrap();
+        let d = l.register_document(&new_doc("a.png", 1)).unwrap();
+        let reserved = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        // The run dies before the file is written.
+        drop(l);
+
+        let mut l = Ledger::open(&path, FP).unwrap();
+        let pending = l.issued_copies(true).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].state, CopyState::Reserved);
+        assert!(l.issued_copies(false).unwrap().is_empty());
+
+        // The re-run registers the same document and gets the same copy.
+        let d_again = l.register_document(&new_doc("a.png", 1)).unwrap();
+        assert_eq!(d_again.id, d.id);
+        let resumed = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        assert_eq!(resumed.id, reserved.id);
+        assert_eq!(resumed.serial, reserved.serial);
+        assert_eq!(resumed.state, CopyState::Reserved);
+        let out = Path::new("/out/a_acme.png");
+        let issued = l.mark_copy_written(resumed.id, out, &sha(5)).unwrap();
+        assert_eq!(issued.state, CopyState::Issued);
+        assert_eq!(issued.output_path.as_deref(), Some(out));
+        assert_eq!(issued.output_sha256, Some(sha(5)));
+        let first_time = issued.issued_at;
+        assert!(first_time.is_some());
+
+        // Marking again updates the file but keeps the first issue time.
+        let again = l
+            .mark_copy_written(resumed.id, Path::new("/out2/a.png"), &sha(6))
+            .unwrap();
+        assert_eq!(again.issued_at, first_time);
+        assert_eq!(again.output_sha256, Some(sha(6)));
+        assert_eq!(l.copy(resumed.id).unwrap(), Some(again));
+
+        let issued = l.issued_copies(false).unwrap();
+        assert_eq!(issued.len(), 1);
+        assert_eq!(issued[0].serial, reserved.serial);
+    }
+
+    #[test]
+    fn mark_copy_written_refuses_a_bad_hash() {
+        let (_dir, _path, mut l) = new_ledger();
+        let s = l.add_supplier("Acme", None, None).unwrap();
+        let d = l.register_document(&new_doc("a.png", 1)).unwrap();
+        let c = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        assert!(matches!(
+            l.mark_copy_written(c.id, Path::new("/o.png"), "12"),
+            Err(Error::Ledger { .. })
+        ));
+        assert_eq!(l.copy(c.id).unwrap().unwrap().state, CopyState::Reserved);
+    }
+
+    #[test]
+    fn lookup_by_serial_names_document_recipient_and_variant() {
+        let (_dir, _path, mut l) = new_ledger();
+        l.add_supplier("Acme", None, None).unwrap();
+        let s = l.add_supplier("Moulds", Some("Acme"), None).unwrap();
+        let d = l.register_document(&new_doc("bumper.png", 1)).unwrap();
+        let c = l.allocate_or_get_copy(d.id, s.id).unwrap();
+        l.mark_copy_written(c.id, Path::new("/out/b.png"), &sha(3))
+            .unwrap();
+        let found = l.copy_by_serial(c.serial).unwrap().unwrap();
+        assert_eq!(found.copy_id, c.id);
+        assert_eq!(found.variant, 3);
+        assert_eq!(found.document_name, "bumper.png");
+        assert_eq!(found.document_sha256, sha(1));
+        assert_eq!(found.recipient_name, "Moulds");
+        assert_eq!(found.state, CopyState::Issued);
+        assert_eq!(found.output_path.as_deref(), Some(Path::new("/out/b.png")));
+        let chain = l.chain(found.recipient_id).unwrap();
+        assert_eq!(chain[1].name, "Acme");
+        assert_eq!(l.copy_by_serial(c.serial.wrapping_add(1)).unwrap(), None);
+        assert_eq!(l.issued_copies(false).unwrap(), [found]);
+    }
+
+    #[test]
+    fn concurrent_writers_get_distinct_serials() {
+        const PER_THREAD: usize = 150;
+        let (_dir, path, mut l) = new_ledger();
+        let d = l.register_document(&new_doc("a.png", 1)).unwrap();
+        for t in 0..2 {
+            for i in 0..PER_THREAD {
+                l.add_supplier(&format!("T{t}-{i:03}"), None, None).unwrap();
+            }
+        }
+        drop(l);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let path = path.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || -> Result<Vec<u32>> {
+                    let mut l = Ledger::open(&path, FP)?;
+                    barrier.wait();
+                    let mut serials = Vec::new();
+                    for i in 0..PER_THREAD {
+                        // Every thread also touches the other's pairs, so
+                        // both race on the same (document, recipient) rows.
+                        let own = l.supplier_by_name(&format!("T{t}-{i:03}"))?;
+                        let other = l.supplier_by_name(&format!("T{}-{i:03}", 1 - t))?;
+                        let c = l.allocate_or_get_copy(d.id, own.id)?;
+                        l.mark_copy_written(c.id, Path::new("/out/x.png"), &sha(9))?;
+                        l.allocate_or_get_copy(d.id, other.id)?;
+                        serials.push(c.serial);
+                    }
+                    Ok(serials)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().unwrap().unwrap());
+        }
+        assert_eq!(all.len(), 2 * PER_THREAD);
+        let distinct: HashSet<u32> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len());
+        let l = Ledger::open(&path, FP).unwrap();
+        let copies = l.issued_copies(true).unwrap();
+        assert_eq!(copies.len(), 2 * PER_THREAD);
+        let stored: HashSet<u32> = copies.iter().map(|c| c.serial).collect();
+        assert_eq!(stored, distinct);
+        assert!(copies.iter().all(|c| c.state == CopyState::Issued));
+    }
+
+    #[test]
+    fn concurrent_open_or_create_yields_one_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.sqlite");
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || -> Result<()> {
+                    let mut l = Ledger::open_or_create(&path, FP)?;
+                    l.add_supplier(&format!("S{i}"), None, None)?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let l = Ledger::open(&path, FP).unwrap();
+        assert_eq!(l.suppliers().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn traces_are_recorded_and_listed() {
+        let (_dir, _path, mut l) = new_ledger();
+        let json = r#"{"mode":"blind","serial":1234,"p_false_alarm":1e-15}"#;
+        let t = l
+            .record_trace(Path::new("/leaks/forum.jpg"), &sha(4), json)
+            .unwrap();
+        assert_eq!(t.result_json, json);
+        assert_eq!(t.leak_sha256, sha(4));
+        assert_eq!(l.traces().unwrap(), [t]);
+        assert!(matches!(
+            l.record_trace(Path::new("/leaks/x.jpg"), &sha(4), "{not json"),
+            Err(Error::Ledger { .. })
+        ));
+        assert!(matches!(
+            l.record_trace(Path::new("/leaks/x.jpg"), "abc", "{}"),
+            Err(Error::Ledger { .. })
+        ));
+        assert_eq!(l.traces().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sha256_file_matches_known_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("abc.txt");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(matches!(
+            sha256_file(&dir.path().join("missing")),
+            Err(Error::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn error_messages_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Ledger::open(&dir.path().join("m.sqlite"), FP).unwrap_err();
+        assert!(missing.to_string().contains("check the path"), "{missing}");
+    }
 }

@@ -967,16 +967,25 @@ impl Ledger {
                         return Err(unknown_supplier(p));
                     }
                 }
-                // Every row in `waiting` has a waiting parent: a cycle.
-                let first = waiting[0];
+                // Every row in `waiting` has a waiting parent, so following
+                // parents from any of them must come back to a name already
+                // seen: that name lies on a cycle (the start may only hang
+                // off one).
+                let parent_of: HashMap<&str, &str> = waiting
+                    .iter()
+                    .map(|r| {
+                        let p = r.parent.as_deref().map(str::trim).unwrap_or_default();
+                        (r.name.trim(), p)
+                    })
+                    .collect();
+                let mut seen = HashSet::new();
+                let mut name = waiting.first().map_or("", |r| r.name.trim());
+                while seen.insert(name) {
+                    name = parent_of.get(name).copied().unwrap_or_default();
+                }
                 return Err(Error::SupplierCycle {
-                    supplier: first.name.trim().to_string(),
-                    parent: first
-                        .parent
-                        .as_deref()
-                        .map(str::trim)
-                        .unwrap_or_default()
-                        .to_string(),
+                    supplier: name.to_string(),
+                    parent: parent_of.get(name).copied().unwrap_or_default().to_string(),
                 });
             }
             pending = waiting;
@@ -1092,6 +1101,7 @@ impl Ledger {
         }
         // Build bottom-up: deepest suppliers first, so every node's children
         // are complete before the node itself is made.
+        // Indexing `depth` cannot panic: every id is in it (checked above).
         let mut order = all;
         order.sort_by(|a, b| depth[&b.id].cmp(&depth[&a.id]));
         let mut built: HashMap<Option<SupplierId>, Vec<SupplierNode>> = HashMap::new();
@@ -2282,6 +2292,21 @@ mod tests {
             l.import_suppliers(&cyclic),
             Err(Error::SupplierCycle { .. })
         ));
+        // The row reported is on the cycle, not merely hanging off it.
+        let hanging = [
+            row("X", Some("A")),
+            row("A", Some("B")),
+            row("B", Some("A")),
+        ];
+        match l.import_suppliers(&hanging) {
+            Err(Error::SupplierCycle { supplier, parent }) => {
+                assert!(
+                    [("A", "B"), ("B", "A")].contains(&(supplier.as_str(), parent.as_str())),
+                    "{supplier} under {parent}"
+                );
+            }
+            other => panic!("expected SupplierCycle, got {other:?}"),
+        }
         let self_parent = [row("S", Some("S"))];
         assert!(matches!(
             l.import_suppliers(&self_parent),

@@ -89,9 +89,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The key file is not in the expected format.
-    #[error(
-        "key file {path} is malformed ({reason}); it must be a file written by `leakmark keygen`"
-    )]
+    #[error("key file {path} is malformed ({reason}); it must be a file written by `leakmark keygen`")]
     KeyFormat {
         /// The key file.
         path: PathBuf,

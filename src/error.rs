@@ -121,6 +121,69 @@ pub enum Error {
         #[source]
         source: Option<rusqlite::Error>,
     },
+    /// The ledger file does not exist and creating it was not asked for.
+    #[error("ledger {path} does not exist: check the path, or create a new ledger there (an existing ledger is never created implicitly)")]
+    LedgerMissing {
+        /// The ledger file.
+        path: PathBuf,
+    },
+    /// The ledger is bound to another key than the one passed.
+    #[error("ledger {path}: this ledger was made under key {ledger_key}, you passed key {given_key}; pass the key the ledger was made with, or use another ledger")]
+    LedgerWrongKey {
+        /// The ledger file.
+        path: PathBuf,
+        /// Fingerprint of the key the ledger is bound to.
+        ledger_key: String,
+        /// Fingerprint of the key that was passed.
+        given_key: String,
+    },
+    /// The ledger was written by a newer leakmark with a schema this build does not know.
+    #[error("ledger {path} has schema version {found}, this build reads up to version {supported}: upgrade leakmark to use this ledger")]
+    LedgerNewerSchema {
+        /// The ledger file.
+        path: PathBuf,
+        /// The schema version found in the file.
+        found: i64,
+        /// The newest schema version this build reads.
+        supported: u32,
+    },
+    /// The file is damaged, or is not a leakmark ledger at all.
+    #[error(
+        "ledger {path} is unusable ({reason}): check the path, or restore the ledger from a backup"
+    )]
+    LedgerCorrupt {
+        /// The ledger file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The SQLite cause, if any.
+        #[source]
+        source: Option<rusqlite::Error>,
+    },
+    /// No supplier of that name (or id) is in the ledger.
+    #[error("no supplier {name} in the ledger: add it first, or check the spelling against the supplier list")]
+    UnknownSupplier {
+        /// The supplier's name, or `#id` when looked up by id.
+        name: String,
+    },
+    /// Re-parenting a supplier would make the supplier tree a cycle.
+    #[error("making {parent} the parent of {supplier} would create a cycle ({supplier} is {parent} or one of its ancestors); choose a parent outside the subtree of {supplier}")]
+    SupplierCycle {
+        /// The supplier being (re)parented.
+        supplier: String,
+        /// The requested parent.
+        parent: String,
+    },
+    /// A supplier CSV file is malformed.
+    #[error("{path} line {line}: {reason}; supplier files are CSV with the header `name,parent,contact` (parent and contact may be empty)")]
+    SupplierCsv {
+        /// The CSV file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -7,6 +7,7 @@ pub mod embed;
 pub mod error;
 pub mod fft;
 pub mod key;
+pub mod ledger;
 pub mod mask;
 pub mod pattern;
 pub mod payload;

@@ -3,5 +3,6 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod imageio;
 
 pub use error::{Error, Result};

@@ -176,6 +176,16 @@ fn decode<R: BufRead + Seek>(mut reader: R, path: &Path, limits: &LoadLimits) ->
             path: path.to_path_buf(),
         })?;
     let frames_note = frames_note(&mut reader, format);
+    // A JPEG without its end marker is probably cut short; whether it is
+    // decides how decode errors are reported, and is checked again below.
+    let missing_end =
+        format == ImageFormat::Jpeg && !jpeg_ends_with_eoi(&mut reader, len).map_err(read_err)?;
+    let tiff_icc_profile = if format == ImageFormat::Tiff {
+        reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        tiff_icc_profile(&mut reader)
+    } else {
+        None
+    };
     reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
 
     // `into_decoder` enforces only the width/height limits, not `max_alloc`:
@@ -189,7 +199,7 @@ fn decode<R: BufRead + Seek>(mut reader: R, path: &Path, limits: &LoadLimits) ->
     image_reader.limits(image_limits.clone());
     let mut decoder = image_reader
         .into_decoder()
-        .map_err(|e| classify(e, path, format, None, limits))?;
+        .map_err(|e| classify(e, path, format, None, limits, missing_end))?;
 
     let (width, height) = decoder.dimensions();
     let dims = Some((width, height));
@@ -198,19 +208,29 @@ fn decode<R: BufRead + Seek>(mut reader: R, path: &Path, limits: &LoadLimits) ->
     }
     image_limits
         .reserve(decoder.total_bytes())
-        .map_err(|e| classify(e, path, format, dims, limits))?;
+        .map_err(|e| classify(e, path, format, dims, limits, missing_end))?;
 
     let orientation = decoder
         .orientation()
-        .map_err(|e| classify(e, path, format, dims, limits))?;
+        .map_err(|e| classify(e, path, format, dims, limits, missing_end))?;
     let icc_profile = decoder
         .icc_profile()
-        .map_err(|e| classify(e, path, format, dims, limits))?;
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|e| classify(e, path, format, dims, limits))?;
+        .map_err(|e| classify(e, path, format, dims, limits, missing_end))?
+        .or(tiff_icc_profile);
+    let mut image = DynamicImage::from_decoder(decoder)
+        .map_err(|e| classify(e, path, format, dims, limits, missing_end))?;
 
-    if format == ImageFormat::Jpeg {
-        check_jpeg_complete(&mut reader, len, path, limits)?;
+    if missing_end {
+        if let Some(cause) = strict_jpeg_error(&mut reader, limits) {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                format: "JPEG".to_owned(),
+                source: Some(ImageError::Decoding(DecodingError::new(
+                    ImageFormatHint::Exact(ImageFormat::Jpeg),
+                    format!("no end-of-image marker, and a strict decode fails: {cause}"),
+                ))),
+            });
+        }
     }
     image.apply_orientation(orientation);
 
@@ -220,6 +240,18 @@ fn decode<R: BufRead + Seek>(mut reader: R, path: &Path, limits: &LoadLimits) ->
         icc_profile,
         frames_note,
     })
+}
+
+/// image 0.25.10's TIFF decoder loses the ICC profile once limits are set
+/// (its tag-value budget becomes the pixel buffer size), so read the profile
+/// with a decoder of its own, under the tiff crate's default limits (tag
+/// values up to 1 MiB). A failure only means no profile.
+fn tiff_icc_profile<R: BufRead + Seek>(reader: &mut R) -> Option<Vec<u8>> {
+    image::codecs::tiff::TiffDecoder::new(reader)
+        .ok()?
+        .icc_profile()
+        .ok()
+        .flatten()
 }
 
 fn too_large_pixels(path: &Path, width: u32, height: u32, limits: &LoadLimits) -> Error {
@@ -238,6 +270,7 @@ fn classify(
     format: ImageFormat,
     dims: Option<(u32, u32)>,
     limits: &LoadLimits,
+    missing_end: bool,
 ) -> Error {
     let path = path.to_path_buf();
     match error {
@@ -257,6 +290,11 @@ fn classify(
                 }
             }
         }
+        ImageError::Decoding(_) if missing_end => Error::Truncated {
+            path,
+            format: format_name(format).to_owned(),
+            source: Some(error),
+        },
         ImageError::IoError(ref e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             Error::Truncated {
                 path,
@@ -285,56 +323,36 @@ fn format_name(format: ImageFormat) -> &'static str {
 /// `image` decodes truncated JPEGs as `Ok`, the missing part grey; a mark
 /// detector would then report a confident "no mark". A complete JPEG ends
 /// with the EOI marker (FF D9), maybe followed by zero or whitespace padding.
-/// Files that end otherwise (some cameras append data after EOI) get a
-/// strict-mode decode, which tells them apart from truncated ones.
-fn check_jpeg_complete<R: BufRead + Seek>(
-    reader: &mut R,
-    len: u64,
-    path: &Path,
-    limits: &LoadLimits,
-) -> Result<()> {
+fn jpeg_ends_with_eoi<R: Read + Seek>(reader: &mut R, len: u64) -> io::Result<bool> {
     // Long enough to step over any padding seen in practice.
     const TAIL_BYTES: u64 = 4096;
-    let read_err = |source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    };
     let tail_len = len.min(TAIL_BYTES);
-    reader
-        .seek(SeekFrom::Start(len - tail_len))
-        .map_err(read_err)?;
+    reader.seek(SeekFrom::Start(len - tail_len))?;
     let mut tail = Vec::new();
-    reader
-        .by_ref()
-        .take(tail_len)
-        .read_to_end(&mut tail)
-        .map_err(read_err)?;
+    reader.by_ref().take(tail_len).read_to_end(&mut tail)?;
     let end = tail
         .iter()
         .rposition(|&b| b != 0 && !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
-    if tail[..end].ends_with(&[0xFF, 0xD9]) {
-        return Ok(());
-    }
+    Ok(tail[..end].ends_with(&[0xFF, 0xD9]))
+}
 
-    reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
+/// For JPEGs that do not end with EOI: some cameras append data after it,
+/// and a file may lack only the marker itself. A strict-mode decode tells
+/// those (`None`) from truncated files (`Some(cause)`).
+fn strict_jpeg_error<R: BufRead + Seek>(reader: &mut R, limits: &LoadLimits) -> Option<String> {
+    if let Err(e) = reader.seek(SeekFrom::Start(0)) {
+        return Some(e.to_string());
+    }
     let side_px = usize::try_from(limits.max_pixels).unwrap_or(usize::MAX);
     let options = zune_jpeg::zune_core::options::DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(side_px)
         .set_max_height(side_px);
-    let mut strict = zune_jpeg::JpegDecoder::new_with_options(&mut *reader, options);
-    match strict.decode() {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::Truncated {
-            path: path.to_path_buf(),
-            format: "JPEG".to_owned(),
-            source: Some(ImageError::Decoding(DecodingError::new(
-                ImageFormatHint::Exact(ImageFormat::Jpeg),
-                format!("no end-of-image marker, and a strict decode fails: {e}"),
-            ))),
-        }),
-    }
+    zune_jpeg::JpegDecoder::new_with_options(reader, options)
+        .decode()
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// Describes the frames or pages that only-the-first-frame decoding drops.
@@ -748,4 +766,715 @@ fn rgb8_on_white(image: &DynamicImage) -> image::RgbImage {
         let mix = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
         image::Rgb([mix(r), mix(g), mix(b)])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GenericImageView, Rgb, Rgb32FImage, RgbImage, Rgba};
+    use std::time::Instant;
+
+    /// Deterministic noise: watermark-like content, poorly compressible.
+    fn noise_rgb(width: u32, height: u32, seed: u32) -> RgbImage {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        RgbImage::from_fn(width, height, |_, _| {
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 24) as u8
+            };
+            Rgb([next(), next(), next()])
+        })
+    }
+
+    /// Smooth content, so that lossy formats round-trip closely.
+    fn gradient_rgb(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
+        })
+    }
+
+    fn encoded(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Cursor::new(Vec::new());
+        image.write_to(&mut bytes, format).unwrap();
+        bytes.into_inner()
+    }
+
+    fn limits() -> LoadLimits {
+        LoadLimits::default()
+    }
+
+    fn dir_entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    // ---- hand-made PNGs: stored (uncompressed) zlib, so no encoder is needed ----
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFF_u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    0xEDB8_8320 ^ (crc >> 1)
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn zlib_stored(data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x78, 0x01];
+        let blocks: Vec<&[u8]> = data.chunks(65_535).collect();
+        for (i, block) in blocks.iter().enumerate() {
+            out.push(u8::from(i + 1 == blocks.len()));
+            let len = block.len() as u16;
+            out.extend(len.to_le_bytes());
+            out.extend((!len).to_le_bytes());
+            out.extend(*block);
+        }
+        let (mut a, mut b) = (1_u32, 0_u32);
+        for &byte in data {
+            a = (a + u32::from(byte)) % 65_521;
+            b = (b + a) % 65_521;
+        }
+        out.extend(((b << 16) | a).to_be_bytes());
+        out
+    }
+
+    fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+
+    /// A PNG with the given header fields, extra chunks before IDAT, and
+    /// raw (filter byte + samples) scanlines.
+    fn craft_png(
+        (width, height): (u32, u32),
+        bit_depth: u8,
+        color_type: u8,
+        extra: &[(&[u8; 4], Vec<u8>)],
+        scanlines: &[u8],
+    ) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([bit_depth, color_type, 0, 0, 0]);
+        png_chunk(&mut out, b"IHDR", &ihdr);
+        for (kind, data) in extra {
+            png_chunk(&mut out, kind, data);
+        }
+        png_chunk(&mut out, b"IDAT", &zlib_stored(scanlines));
+        png_chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// A JPEG with an EXIF APP1 segment carrying `orientation`, written by hand.
+    fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+        let jpeg = encoded(image, ImageFormat::Jpeg);
+        let mut tiff = b"MM\0\x2A\0\0\0\x08".to_vec(); // big-endian, IFD at 8
+        tiff.extend(1_u16.to_be_bytes()); // one entry
+        tiff.extend(0x0112_u16.to_be_bytes()); // Orientation
+        tiff.extend(3_u16.to_be_bytes()); // SHORT
+        tiff.extend(1_u32.to_be_bytes()); // count
+        tiff.extend(orientation.to_be_bytes());
+        tiff.extend([0, 0]); // value padding
+        tiff.extend(0_u32.to_be_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(tiff);
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend([0xFF, 0xE1]);
+        out.extend((app1.len() as u16 + 2).to_be_bytes());
+        out.extend(app1);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    // ---- round trips ----
+
+    #[test]
+    fn lossless_formats_round_trip_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = DynamicImage::ImageRgb8(noise_rgb(67, 41, 1));
+        for (name, format) in [
+            ("a.png", ImageFormat::Png),
+            ("a.tif", ImageFormat::Tiff),
+            ("a.TIFF", ImageFormat::Tiff),
+            ("a.webp", ImageFormat::WebP),
+            ("no_extension", ImageFormat::Png),
+        ] {
+            let path = dir.path().join(name);
+            save(&original, &path, None, None).unwrap();
+            let loaded = load(&path, &limits()).unwrap();
+            assert_eq!(loaded.format, format, "{name}");
+            assert_eq!(loaded.image.to_rgb8(), original.to_rgb8(), "{name}");
+            assert_eq!(loaded.frames_note, None, "{name}");
+        }
+    }
+
+    #[test]
+    fn jpeg_round_trips_closely_at_quality_95() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = gradient_rgb(96, 64);
+        for name in ["a.jpg", "a.JPEG"] {
+            let path = dir.path().join(name);
+            save(
+                &DynamicImage::ImageRgb8(original.clone()),
+                &path,
+                None,
+                None,
+            )
+            .unwrap();
+            let loaded = load(&path, &limits()).unwrap();
+            assert_eq!(loaded.format, ImageFormat::Jpeg);
+            let back = loaded.image.to_rgb8();
+            let max_diff = back
+                .as_raw()
+                .iter()
+                .zip(original.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert!(max_diff <= 6, "{name}: max difference {max_diff}");
+        }
+    }
+
+    #[test]
+    fn jpeg_save_composites_alpha_on_white() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jpg");
+        let transparent = image::RgbaImage::from_pixel(16, 16, Rgba([0, 0, 0, 0]));
+        save(&DynamicImage::ImageRgba8(transparent), &path, None, None).unwrap();
+        let loaded = load(&path, &limits()).unwrap();
+        assert_eq!(loaded.image.color(), image::ColorType::Rgb8);
+        assert!(loaded
+            .image
+            .to_rgb8()
+            .pixels()
+            .all(|p| p.0.iter().all(|&c| c >= 250)));
+    }
+
+    #[test]
+    fn sixteen_bit_png_and_tiff_keep_sixteen_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        // Values that are not multiples of 257, so 8-bit storage would show.
+        let rgb16 = image::ImageBuffer::from_fn(23, 17, |x, y| {
+            Rgb([(x * 2_851 + y) as u16, (y * 3_001 + 7) as u16, 1_234])
+        });
+        let grey16 =
+            image::ImageBuffer::from_fn(23, 17, |x, y| image::Luma([(x * 997 + y * 13) as u16]));
+        let rgba16 = image::ImageBuffer::from_fn(23, 17, |x, y| {
+            Rgba([
+                (x * 2_851) as u16,
+                (y * 3_001) as u16,
+                1_234,
+                (x * y * 101) as u16,
+            ])
+        });
+        let images = [
+            DynamicImage::ImageRgb16(rgb16),
+            DynamicImage::ImageLuma16(grey16),
+            DynamicImage::ImageRgba16(rgba16),
+        ];
+        for image in &images {
+            for name in ["a.png", "a.tif"] {
+                let path = dir.path().join(name);
+                save(image, &path, None, None).unwrap();
+                let loaded = load(&path, &limits()).unwrap();
+                assert_eq!(loaded.image, *image, "{name} {:?}", image.color());
+            }
+        }
+    }
+
+    #[test]
+    fn float_images_save_as_sixteen_bit_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        let float = Rgb32FImage::from_pixel(8, 8, Rgb([0.5, 0.25, 1.0]));
+        save(&DynamicImage::ImageRgb32F(float), &path, None, None).unwrap();
+        let loaded = load(&path, &limits()).unwrap();
+        assert_eq!(loaded.image.color(), image::ColorType::Rgb16);
+    }
+
+    #[test]
+    fn animated_gif_loads_first_frame_with_note() {
+        use image::codecs::gif::GifEncoder;
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = GifEncoder::new(&mut bytes);
+            let frames = [255_u8, 0, 0].map(|red| {
+                image::Frame::new(image::RgbaImage::from_pixel(
+                    12,
+                    10,
+                    Rgba([red, 0, 90, 255]),
+                ))
+            });
+            encoder.encode_frames(frames).unwrap();
+        }
+        let loaded = load_from_memory(&bytes, &limits()).unwrap();
+        assert_eq!(loaded.format, ImageFormat::Gif);
+        assert_eq!(loaded.image.dimensions(), (12, 10));
+        assert_eq!(loaded.image.to_rgb8().get_pixel(3, 3).0[0], 255);
+        assert_eq!(
+            loaded.frames_note.as_deref(),
+            Some("animated GIF: first frame of 3 used")
+        );
+    }
+
+    #[test]
+    fn single_frame_gif_has_no_note() {
+        let image = DynamicImage::ImageRgb8(gradient_rgb(20, 20));
+        let loaded = load_from_memory(&encoded(&image, ImageFormat::Gif), &limits()).unwrap();
+        assert_eq!(loaded.frames_note, None);
+    }
+
+    #[test]
+    fn tiff_walk_counts_pages() {
+        // Little-endian header, IFD at 8 with no entries, next IFD at 14
+        // with no entries, then the end of the list.
+        let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+        tiff.extend([0, 0, 14, 0, 0, 0]);
+        tiff.extend([0, 0, 0, 0, 0, 0]);
+        let mut pages = 0;
+        count_tiff_pages(&mut Cursor::new(&tiff), &mut pages).unwrap();
+        assert_eq!(pages, 2);
+        // A cycle (second IFD pointing back to the first) stops the walk.
+        tiff[16..20].copy_from_slice(&8_u32.to_le_bytes());
+        let mut pages = 0;
+        count_tiff_pages(&mut Cursor::new(&tiff), &mut pages).unwrap();
+        assert_eq!(pages, 2);
+    }
+
+    // ---- colour types ----
+
+    #[test]
+    fn grey_grey_alpha_and_rgba_pngs_load() {
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_fn(9, 7, |x, y| {
+            image::Luma([(x * 20 + y) as u8])
+        }));
+        let grey_alpha = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(9, 7, |x, y| {
+            image::LumaA([(x * 20) as u8, (y * 30) as u8])
+        }));
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(9, 7, |x, y| {
+            Rgba([x as u8, y as u8, 200, (x * y) as u8])
+        }));
+        for image in [grey, grey_alpha, rgba] {
+            let loaded = load_from_memory(&encoded(&image, ImageFormat::Png), &limits()).unwrap();
+            assert_eq!(loaded.image, image);
+        }
+    }
+
+    #[test]
+    fn palette_png_loads_as_rgb() {
+        let palette = vec![255, 0, 0, 0, 255, 0, 0, 0, 255];
+        // Two rows of four indices, each row after its filter byte (0: none).
+        let scanlines = [0, 0, 1, 2, 0, 0, 2, 1, 0, 0];
+        let png = craft_png((4, 2), 8, 3, &[(b"PLTE", palette)], &scanlines);
+        let loaded = load_from_memory(&png, &limits()).unwrap();
+        let rgb = loaded.image.to_rgb8();
+        assert_eq!(rgb.dimensions(), (4, 2));
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 255, 0]);
+        assert_eq!(rgb.get_pixel(2, 0).0, [0, 0, 255]);
+        assert_eq!(rgb.get_pixel(0, 1).0, [0, 0, 255]);
+        assert_eq!(rgb.get_pixel(3, 1).0, [255, 0, 0]);
+    }
+
+    #[test]
+    fn cmyk_jpeg_loads_as_rgb() {
+        let cmyk = vec![0_u8; 16 * 16 * 4]; // no ink: white
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 90)
+            .encode(&cmyk, 16, 16, jpeg_encoder::ColorType::Cmyk)
+            .unwrap();
+        let loaded = load_from_memory(&bytes, &limits()).unwrap();
+        assert_eq!(loaded.image.dimensions(), (16, 16));
+        assert_eq!(loaded.image.color().channel_count(), 3);
+    }
+
+    // ---- orientation and metadata ----
+
+    #[test]
+    fn exif_orientation_6_is_applied() {
+        // Left half red, right half blue; orientation 6 means "rotate 90°
+        // clockwise to display", which moves the left half to the top.
+        let source = RgbImage::from_fn(40, 20, |x, _| {
+            if x < 20 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
+        let jpeg = jpeg_with_orientation(&DynamicImage::ImageRgb8(source), 6);
+        let loaded = load_from_memory(&jpeg, &limits()).unwrap();
+        let upright = loaded.image.to_rgb8();
+        assert_eq!(upright.dimensions(), (20, 40));
+        let top = upright.get_pixel(10, 5).0;
+        let bottom = upright.get_pixel(10, 35).0;
+        assert!(top[0] > 200 && top[2] < 60, "top is {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom is {bottom:?}");
+    }
+
+    #[test]
+    fn icc_profile_survives_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a valid profile; the formats carry it as opaque bytes.
+        let icc: Vec<u8> = (0..560_u32).map(|i| (i * 7 % 251) as u8).collect();
+        let image = DynamicImage::ImageRgb8(gradient_rgb(16, 16));
+        for name in ["a.png", "a.tif", "a.jpg", "a.webp"] {
+            let path = dir.path().join(name);
+            save(&image, &path, None, Some(&icc)).unwrap();
+            let loaded = load(&path, &limits()).unwrap();
+            assert_eq!(loaded.icc_profile.as_deref(), Some(&icc[..]), "{name}");
+        }
+    }
+
+    // ---- bad input ----
+
+    #[test]
+    fn truncated_png_is_reported_as_truncated() {
+        let png = encoded(
+            &DynamicImage::ImageRgb8(noise_rgb(64, 64, 2)),
+            ImageFormat::Png,
+        );
+        for cut in [png.len() / 2, png.len() - 20, 40] {
+            let err = load_from_memory(&png[..cut], &limits()).unwrap_err();
+            assert!(
+                matches!(err, Error::Truncated { .. } | Error::Decode { .. }),
+                "cut at {cut}: {err:?}"
+            );
+        }
+        let err = load_from_memory(&png[..png.len() / 2], &limits()).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn truncated_baseline_jpeg_is_reported_as_truncated() {
+        let jpeg = encoded(
+            &DynamicImage::ImageRgb8(noise_rgb(64, 64, 3)),
+            ImageFormat::Jpeg,
+        );
+        for cut in [jpeg.len() * 6 / 10, jpeg.len() * 95 / 100, 300] {
+            match load_from_memory(&jpeg[..cut], &limits()) {
+                Err(Error::Truncated { .. }) => {}
+                other => panic!(
+                    "cut at {cut}: expected Truncated, got {:?}",
+                    other.map(|_| ())
+                ),
+            }
+        }
+        // Only the EOI marker missing: every pixel is there, so it loads.
+        let whole = load_from_memory(&jpeg, &limits()).unwrap();
+        let no_eoi = load_from_memory(&jpeg[..jpeg.len() - 2], &limits()).unwrap();
+        assert_eq!(no_eoi.image, whole.image);
+    }
+
+    #[test]
+    fn truncated_progressive_jpeg_is_reported_as_truncated() {
+        let image = noise_rgb(64, 64, 4);
+        let mut jpeg = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+        encoder.set_progressive(true);
+        encoder
+            .encode(image.as_raw(), 64, 64, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert!(load_from_memory(&jpeg, &limits()).is_ok());
+        let err = load_from_memory(&jpeg[..jpeg.len() * 7 / 10], &limits()).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn jpeg_with_padding_or_junk_after_eoi_loads() {
+        let mut jpeg = encoded(
+            &DynamicImage::ImageRgb8(gradient_rgb(32, 32)),
+            ImageFormat::Jpeg,
+        );
+        jpeg.extend([0, 0, 0, b'\n']);
+        assert!(load_from_memory(&jpeg, &limits()).is_ok());
+        jpeg.extend(b"vendor trailer data after the end of the image");
+        assert!(load_from_memory(&jpeg, &limits()).is_ok());
+    }
+
+    #[test]
+    fn empty_file_is_reported_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.png");
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(
+            load(&path, &limits()),
+            Err(Error::EmptyFile { .. })
+        ));
+        let err = load_from_memory(&[], &limits()).unwrap_err();
+        assert!(matches!(err, Error::EmptyFile { .. }));
+        assert!(err.to_string().contains("<memory>"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_reported_as_unsupported() {
+        let garbage: Vec<u8> = (0..1000_u32).map(|i| (i * 31 % 256) as u8).collect();
+        assert!(matches!(
+            load_from_memory(&garbage, &limits()),
+            Err(Error::UnsupportedFormat { .. })
+        ));
+        assert!(matches!(
+            load_from_memory(b"%PDF-1.7 not an image", &limits()),
+            Err(Error::UnsupportedFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn signature_with_corrupt_body_is_a_decode_error() {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend([0xAB; 100]);
+        let err = load_from_memory(&png, &limits()).unwrap_err();
+        assert!(
+            matches!(err, Error::Decode { .. } | Error::Truncated { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_file_and_directory_are_read_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = load(&dir.path().join("missing.png"), &limits());
+        assert!(matches!(missing, Err(Error::Read { .. })));
+        assert!(matches!(
+            load(dir.path(), &limits()),
+            Err(Error::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn png_named_jpg_loads_as_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actually_png.jpg");
+        let image = DynamicImage::ImageRgb8(noise_rgb(10, 10, 5));
+        std::fs::write(&path, encoded(&image, ImageFormat::Png)).unwrap();
+        let loaded = load(&path, &limits()).unwrap();
+        assert_eq!(loaded.format, ImageFormat::Png);
+        assert_eq!(loaded.image, image);
+    }
+
+    #[test]
+    fn png_header_claiming_60000_squared_is_too_large() {
+        let png = craft_png((60_000, 60_000), 8, 2, &[], &[0; 64]);
+        let start = Instant::now();
+        let err = load_from_memory(&png, &limits()).unwrap_err();
+        match err {
+            Error::TooLarge { width, height, .. } => assert_eq!((width, height), (60_000, 60_000)),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(start.elapsed().as_secs() < 2);
+    }
+
+    #[test]
+    fn jpeg_header_claiming_65000_squared_is_too_large() {
+        let mut jpeg = encoded(
+            &DynamicImage::ImageRgb8(gradient_rgb(16, 16)),
+            ImageFormat::Jpeg,
+        );
+        // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        let start = Instant::now();
+        let err = load_from_memory(&jpeg, &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    width: 65_000,
+                    height: 65_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(start.elapsed().as_secs() < 2);
+    }
+
+    #[test]
+    fn small_file_of_a_big_image_respects_the_memory_limit() {
+        // 4000 × 4000 zeros compress to a few kB but need 16 MB decoded.
+        let zeros = DynamicImage::ImageLuma8(image::GrayImage::new(4000, 4000));
+        let png = encoded(&zeros, ImageFormat::Png);
+        assert!(png.len() < 100_000);
+        let tight = LoadLimits {
+            max_pixels: LoadLimits::DEFAULT_MAX_PIXELS,
+            max_alloc_bytes: 1_000_000,
+        };
+        let err = load_from_memory(&png, &tight).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    width: 4000,
+                    height: 4000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("memory"), "{err}");
+        // And the pixel limit alone.
+        let few_pixels = LoadLimits {
+            max_pixels: 1_000_000,
+            ..LoadLimits::default()
+        };
+        assert!(matches!(
+            load_from_memory(&png, &few_pixels),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    /// A reader that panics, standing in for a decoder bug.
+    struct PanickingReader;
+
+    impl Read for PanickingReader {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            panic!("decoder bug")
+        }
+    }
+    impl BufRead for PanickingReader {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            panic!("decoder bug")
+        }
+        fn consume(&mut self, _: usize) {}
+    }
+    impl Seek for PanickingReader {
+        fn seek(&mut self, _: SeekFrom) -> io::Result<u64> {
+            Ok(10)
+        }
+    }
+
+    #[test]
+    fn decoder_panic_becomes_decode_error() {
+        let err = decode_guarded(PanickingReader, Path::new("x.png"), &limits()).unwrap_err();
+        match err {
+            Error::Decode { source, .. } => assert!(source.to_string().contains("decoder bug")),
+            other => panic!("expected Decode, got {other:?}"),
+        }
+    }
+
+    // ---- saving ----
+
+    #[test]
+    fn save_refuses_to_overwrite_input_under_any_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("original.png");
+        let image = DynamicImage::ImageRgb8(noise_rgb(8, 8, 6));
+        save(&image, &input, None, None).unwrap();
+        let before = std::fs::read(&input).unwrap();
+        let other = DynamicImage::ImageRgb8(noise_rgb(8, 8, 7));
+
+        let dotted = dir.path().join(".").join("original.png");
+        let dotdot = dir.path().join("sub").join("..").join("original.png");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut outputs = vec![input.clone(), dotted, dotdot];
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.png");
+            std::os::unix::fs::symlink(&input, &link).unwrap();
+            outputs.push(link);
+            let hard = dir.path().join("hard.png");
+            std::fs::hard_link(&input, &hard).unwrap();
+            outputs.push(hard);
+        }
+        for output in &outputs {
+            let err = save(&other, output, Some(&input), None).unwrap_err();
+            assert!(
+                matches!(err, Error::WouldOverwriteInput { .. }),
+                "{output:?}: {err:?}"
+            );
+        }
+        // Also when the input is named through a symlink.
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.png");
+            let err = save(&other, &input, Some(&link), None).unwrap_err();
+            assert!(matches!(err, Error::WouldOverwriteInput { .. }));
+        }
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+
+        // A different output is fine, and replaces an existing file.
+        let output = dir.path().join("marked.png");
+        save(&image, &output, Some(&input), None).unwrap();
+        save(&other, &output, Some(&input), None).unwrap();
+        assert_eq!(load(&output, &limits()).unwrap().image, other);
+    }
+
+    #[test]
+    fn failed_saves_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = DynamicImage::ImageRgb8(noise_rgb(8, 8, 8));
+
+        let missing = dir.path().join("missing").join("out.png");
+        assert!(matches!(
+            save(&image, &missing, None, None),
+            Err(Error::Write { .. })
+        ));
+
+        let empty = DynamicImage::new_rgb8(0, 0);
+        let err = save(&empty, &dir.path().join("empty.png"), None, None).unwrap_err();
+        assert!(
+            matches!(err, Error::Encode { .. } | Error::Write { .. }),
+            "{err:?}"
+        );
+
+        // A directory in the way of the rename.
+        std::fs::create_dir(dir.path().join("taken.png")).unwrap();
+        assert!(matches!(
+            save(&image, &dir.path().join("taken.png"), None, None),
+            Err(Error::Write { .. })
+        ));
+
+        assert!(matches!(
+            save(&image, &dir.path().join("out.gif"), None, None),
+            Err(Error::Encode { .. })
+        ));
+        assert_eq!(dir_entries(dir.path()), ["taken.png"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn saved_files_are_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.png");
+        save(&DynamicImage::new_rgb8(4, 4), &path, None, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn corrupted_files_never_panic(
+            which in 0_usize..4,
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..8),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let image = DynamicImage::ImageRgb8(noise_rgb(24, 16, 9));
+            let format = [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Tiff, ImageFormat::WebP][which];
+            let mut bytes = encoded(&image, format);
+            for (at, value) in edits {
+                let len = bytes.len();
+                bytes[at % len] = value;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = load_from_memory(&bytes, &limits());
+        }
+    }
 }

@@ -89,7 +89,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The key file is not in the expected format.
-    #[error("key file {path} is malformed ({reason}); it must be a file written by `leakmark keygen`")]
+    #[error(
+        "key file {path} is malformed ({reason}); it must be a file written by `leakmark keygen`"
+    )]
     KeyFormat {
         /// The key file.
         path: PathBuf,
@@ -183,6 +185,31 @@ pub enum Error {
         line: usize,
         /// What is wrong.
         reason: String,
+    },
+
+    // ---- the user's input, continued ----
+    /// The file is empty.
+    #[error("{path} is empty (0 bytes): the copy or download was probably interrupted; get the file again")]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's content is not a format this build can decode.
+    #[error("{path} is not a supported image: its content is not PNG, JPEG, TIFF, WebP or GIF (the extension does not matter)")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file ends before its image data does.
+    #[error("{path} is a truncated {format} file: it ends before the image data does (an interrupted download or copy?); get a complete copy")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The detected format, e.g. "JPEG".
+        format: String,
+        /// The decoder's cause, if it reported one.
+        #[source]
+        source: Option<image::ImageError>,
     },
 }
 

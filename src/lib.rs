@@ -6,6 +6,7 @@ pub mod detect;
 pub mod embed;
 pub mod error;
 pub mod fft;
+pub mod imageio;
 pub mod key;
 pub mod ledger;
 pub mod mask;

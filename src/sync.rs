@@ -24,7 +24,9 @@ const MIN_PERIOD_PX: f64 = 36.0;
 /// Autocorrelation peaks examined when forming bases.
 const PEAKS: usize = 24;
 /// Lattice candidates handed to the detector.
-pub const MAX_CANDIDATES: usize = 4;
+pub const MAX_CANDIDATES: usize = 12;
+/// Candidates kept by the density score before their index-2 neighbours are added.
+const DENSITY_CANDIDATES: usize = 4;
 /// JPEG block size, leak pixels.
 const JPEG_BLOCK_PX: f64 = 8.0;
 
@@ -267,6 +269,32 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
         c.score = density_score(c.u, c.v);
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    candidates.truncate(DENSITY_CANDIDATES);
+    // A host periodicity can make a finer lattice (the tile is a sub-lattice
+    // of it) or a blurred leak a coarser one (its diagonals outshine its
+    // sides) score best: the index-2 neighbours of the leaders join the list.
+    let leaders: Vec<Lattice> = candidates.iter().take(2).copied().collect();
+    for lead in leaders {
+        let (u, v) = (lead.u, lead.v);
+        let neighbours = [
+            (scale(u, 2.0), v),
+            (u, scale(v, 2.0)),
+            (add(u, v), sub(u, v)),
+            (scale(u, 0.5), v),
+            (u, scale(v, 0.5)),
+            (scale(add(u, v), 0.5), scale(sub(u, v), 0.5)),
+        ];
+        for (a, b) in neighbours {
+            let Some((nu, nv)) = reduce(a, b) else { continue };
+            if norm(nu) < MIN_PERIOD_PX || norm(nv) > max_lag {
+                continue;
+            }
+            let lat = Lattice { u: nu, v: nv, score: density_score(nu, nv) };
+            if !candidates.iter().any(|c| same_lattice(c, &lat)) {
+                candidates.push(lat);
+            }
+        }
+    }
     candidates.truncate(MAX_CANDIDATES);
     candidates.into_iter().map(|c| refine(&acf, cx, cy, max_lag, c)).collect()
 }

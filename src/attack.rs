@@ -336,7 +336,7 @@ pub fn collusion_average(a: &RgbImage, b: &RgbImage) -> RgbImage {
     }
     let mut out = a.clone();
     for (o, &v) in out.iter_mut().zip(b.iter()) {
-        *o = ((u16::from(*o) + u16::from(v) + 1) / 2) as u8;
+        *o = (u16::from(*o) + u16::from(v)).div_ceil(2) as u8;
     }
     out
 }
@@ -2091,7 +2091,17 @@ mod tests {
 
     #[test]
     fn nothing_panics_on_extreme_parameters() {
-        let img = smooth(16, 16);
+        for (w, h) in [(16, 16), (1, 1)] {
+            extreme_parameters_on(&smooth(w, h));
+        }
+        let empty = RgbImage::new(0, 5);
+        assert_eq!(
+            apply(&Attack::ScreenCamera { severity: 1.0 }, &empty, 0),
+            empty
+        );
+    }
+
+    fn extreme_parameters_on(img: &RgbImage) {
         let values = [
             f32::NAN,
             f32::NEG_INFINITY,
@@ -2137,15 +2147,10 @@ mod tests {
                 Attack::PrintScan { severity: v },
             ];
             for attack in &attacks {
-                let out = apply(attack, &img, 3);
+                let out = apply(attack, img, 3);
                 assert!(out.width() > 0 && out.height() > 0, "{attack:?}");
             }
         }
-        let empty = RgbImage::new(0, 5);
-        assert_eq!(
-            apply(&Attack::ScreenCamera { severity: 1.0 }, &empty, 0),
-            empty
-        );
     }
 
     /// Run with `cargo test --release attack -- --ignored --nocapture`.

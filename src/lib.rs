@@ -2,6 +2,7 @@
 //! back to the recipient who leaked them.
 #![deny(missing_docs)]
 
+pub mod attack;
 pub mod detect;
 pub mod embed;
 pub mod error;

@@ -111,7 +111,11 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         false_alarm_probability: 1.0,
         score: 0.0,
         hypotheses: 0,
-        mode: if options.known_copies.is_empty() { "blind" } else { "ledger" },
+        mode: if options.known_copies.is_empty() {
+            "blind"
+        } else {
+            "ledger"
+        },
         geometry: None,
         candidates: 0,
         too_small: false,
@@ -136,14 +140,22 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         .filter_map(|(ci, lat)| {
             let reading = read_candidate(&prepared, lat, &layouts, &sync_spectra)?;
             let layout = &layouts[reading.variant as usize];
-            let verify_values: Vec<f32> = layout.verify_idx.iter().map(|&i| reading.chips[i as usize]).collect();
+            let verify_values: Vec<f32> = layout
+                .verify_idx
+                .iter()
+                .map(|&i| reading.chips[i as usize])
+                .collect();
             let serial = decode_serial(layout, &reading.chips);
             let blind_z = stats::normalized_correlation(
                 &Layout::verify_signs(key, reading.variant, serial),
                 &verify_values,
             );
             let mut best = (blind_z, serial, reading.variant, "blind", ci);
-            for copy in options.known_copies.iter().filter(|c| c.variant == reading.variant) {
+            for copy in options
+                .known_copies
+                .iter()
+                .filter(|c| c.variant == reading.variant)
+            {
                 let z = stats::normalized_correlation(
                     &Layout::verify_signs(key, copy.variant, copy.serial),
                     &verify_values,
@@ -191,7 +203,12 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
 /// Soft-decodes the serial from the data chips.
 fn decode_serial(layout: &Layout, chips: &[f32]) -> u32 {
     let mut soft = vec![0.0f32; payload::CODED_BITS];
-    for ((&i, &s), &b) in layout.data_idx.iter().zip(&layout.data_sign).zip(&layout.data_bit) {
+    for ((&i, &s), &b) in layout
+        .data_idx
+        .iter()
+        .zip(&layout.data_sign)
+        .zip(&layout.data_bit)
+    {
         soft[b as usize] += s * chips[i as usize];
     }
     // Invariant: soft has exactly CODED_BITS entries.
@@ -213,12 +230,20 @@ fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
 
 /// Folds the residual onto the tile for one lattice, then finds the flip,
 /// shift and variant whose sync chips match best, and reads every chip.
-fn read_candidate(prepared: &Prepared, lat: &Lattice, layouts: &[Layout], sync_spectra: &[Vec<Complex32>]) -> Option<Reading> {
+fn read_candidate(
+    prepared: &Prepared,
+    lat: &Lattice,
+    layouts: &[Layout],
+    sync_spectra: &[Vec<Complex32>],
+) -> Option<Reading> {
     let folded = fold(&prepared.residual, lat)?;
     let fft = Fft2::new(BINS, BINS);
     let mut best: Option<(f64, u32, usize, (usize, usize))> = None;
     for d in 0..8 {
-        let mut spec: Vec<Complex32> = dihedral(&folded, d).into_iter().map(|v| Complex32::new(v, 0.0)).collect();
+        let mut spec: Vec<Complex32> = dihedral(&folded, d)
+            .into_iter()
+            .map(|v| Complex32::new(v, 0.0))
+            .collect();
         fft.forward(&mut spec);
         for (v, sync) in sync_spectra.iter().enumerate() {
             let mut corr: Vec<Complex32> = spec.iter().zip(sync).map(|(a, b)| a * b).collect();
@@ -254,13 +279,23 @@ fn read_candidate(prepared: &Prepared, lat: &Lattice, layouts: &[Layout], sync_s
         }
     }
     let _ = layouts;
-    Some(Reading { variant, chips, dihedral: d, shift })
+    Some(Reading {
+        variant,
+        chips,
+        dihedral: d,
+        shift,
+    })
 }
 
 /// Mean residual per half-chip bin of the tile, under the lattice's affine map.
 fn fold(residual: &Plane, lat: &Lattice) -> Option<Vec<f32>> {
     // Chip → working px: x = (u·i + v·j)/64. Invert it.
-    let (a, b, c, d) = (lat.u[0] / TILE as f64, lat.v[0] / TILE as f64, lat.u[1] / TILE as f64, lat.v[1] / TILE as f64);
+    let (a, b, c, d) = (
+        lat.u[0] / TILE as f64,
+        lat.v[0] / TILE as f64,
+        lat.u[1] / TILE as f64,
+        lat.v[1] / TILE as f64,
+    );
     let det = a * d - b * c;
     if det.abs() < 1e-9 {
         return None;
@@ -296,7 +331,12 @@ fn fold(residual: &Plane, lat: &Lattice) -> Option<Vec<f32>> {
             cnt[i] += c[i];
         }
     }
-    Some(sum.iter().zip(&cnt).map(|(&s, &c)| if c > 0 { s / c as f32 } else { 0.0 }).collect())
+    Some(
+        sum.iter()
+            .zip(&cnt)
+            .map(|(&s, &c)| if c > 0 { s / c as f32 } else { 0.0 })
+            .collect(),
+    )
 }
 
 /// One of the eight symmetries of the square bin grid, applied to the folded tile.
@@ -335,7 +375,12 @@ fn geometry_of(lat: &Lattice, reading: &Reading, work_scale: f64) -> Geometry {
         // The aligned grid reads folded (y, x): swap the roles of the axes.
         (ex, ey) = ([ex[1], ex[0]], [ey[1], ey[0]]);
     }
-    let map = |e: [f64; 2]| [(lat.u[0] * e[0] + lat.v[0] * e[1]) * s, (lat.u[1] * e[0] + lat.v[1] * e[1]) * s];
+    let map = |e: [f64; 2]| {
+        [
+            (lat.u[0] * e[0] + lat.v[0] * e[1]) * s,
+            (lat.u[1] * e[0] + lat.v[1] * e[1]) * s,
+        ]
+    };
     let (ax, ay) = (map(ex), map(ey));
     let len = |v: [f64; 2]| (v[0] * v[0] + v[1] * v[1]).sqrt();
     let det = ax[0] * ay[1] - ax[1] * ay[0];

@@ -92,7 +92,9 @@ impl SmoothTile {
         }
         let sigma = (CHIP_BLUR * OVERSAMPLE as f64) as f32;
         let radius = (3.0 * sigma).ceil() as isize;
-        let kernel: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+        let kernel: Vec<f32> = (-radius..=radius)
+            .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+            .collect();
         let norm: f32 = kernel.iter().sum();
         let blur = |src: &[f32], horizontal: bool| -> Vec<f32> {
             let mut out = vec![0.0f32; side * side];
@@ -114,8 +116,13 @@ impl SmoothTile {
             out
         };
         let table = blur(&blur(&table, true), false);
-        let rms = (table.iter().map(|v| v * v).sum::<f32>() / table.len() as f32).sqrt().max(1e-6);
-        SmoothTile { side, table: table.iter().map(|v| v / rms).collect() }
+        let rms = (table.iter().map(|v| v * v).sum::<f32>() / table.len() as f32)
+            .sqrt()
+            .max(1e-6);
+        SmoothTile {
+            side,
+            table: table.iter().map(|v| v / rms).collect(),
+        }
     }
 
     /// Value at chip coordinates (any real numbers; the tile repeats).
@@ -124,7 +131,10 @@ impl SmoothTile {
         let s = self.side as f64;
         let u = (cx * OVERSAMPLE as f64 - 0.5).rem_euclid(s);
         let v = (cy * OVERSAMPLE as f64 - 0.5).rem_euclid(s);
-        let (x0, y0) = (u.floor() as usize % self.side, v.floor() as usize % self.side);
+        let (x0, y0) = (
+            u.floor() as usize % self.side,
+            v.floor() as usize % self.side,
+        );
         let (fx, fy) = ((u - u.floor()) as f32, (v - v.floor()) as f32);
         let (x1, y1) = ((x0 + 1) % self.side, (y0 + 1) % self.side);
         let t = &self.table;
@@ -147,7 +157,11 @@ struct Headroom {
 fn headroom(image: &DynamicImage) -> Headroom {
     let rgba = image.to_rgba32f();
     let n = rgba.pixels().len();
-    let (mut lo, mut hi, mut visible) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut lo, mut hi, mut visible) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for p in rgba.pixels() {
         let [r, g, b, a] = p.0;
         lo.push(-255.0 * r.min(g).min(b));
@@ -183,7 +197,11 @@ fn shape(raw: f32, lo: f32, hi: f32) -> f32 {
 pub fn embed(key: &SecretKey, image: &DynamicImage, serial: u32, variant: u32) -> Result<Embedded> {
     let (w, h) = (image.width(), image.height());
     if w.min(h) < MIN_SHORT_SIDE {
-        return Err(Error::TooSmall { width: w, height: h, min_px: MIN_SHORT_SIDE });
+        return Err(Error::TooSmall {
+            width: w,
+            height: h,
+            min_px: MIN_SHORT_SIDE,
+        });
     }
     let chip_px = chip_px_for(w, h);
     let layout = Layout::new(key, variant);
@@ -243,12 +261,24 @@ pub fn embed(key: &SecretKey, image: &DynamicImage, serial: u32, variant: u32) -
         let delta: Vec<f32> = base
             .par_iter()
             .enumerate()
-            .map(|(i, &b)| if room.visible[i] { shape(alpha * b, room.lo[i], room.hi[i]) } else { 0.0 })
+            .map(|(i, &b)| {
+                if room.visible[i] {
+                    shape(alpha * b, room.lo[i], room.hi[i])
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let marked = apply_delta(image, &delta);
         let psnr_db = stats::psnr(&luma.data, &Plane::luma(&marked).data);
         if psnr_db >= TARGET_PSNR_DB - 0.3 || alpha < 0.05 {
-            return Ok(Embedded { image: marked, psnr_db, variant, chip_px, strength: alpha });
+            return Ok(Embedded {
+                image: marked,
+                psnr_db,
+                variant,
+                chip_px,
+                strength: alpha,
+            });
         }
         alpha *= 0.97;
     }
@@ -257,16 +287,32 @@ pub fn embed(key: &SecretKey, image: &DynamicImage, serial: u32, variant: u32) -
 
 /// Adds `delta` (levels on a 0–255 scale) to every colour channel of every pixel, keeping type and alpha.
 fn apply_delta(image: &DynamicImage, delta: &[f32]) -> DynamicImage {
-    fn add<T: Copy + Send + Sync>(buf: &mut [T], channels: usize, color: usize, delta: &[f32], to_f: impl Fn(T) -> f32 + Sync, from_f: impl Fn(f32) -> T + Sync, scale: f32) {
-        buf.par_chunks_mut(channels).zip(delta.par_iter()).for_each(|(px, &d)| {
-            for c in px.iter_mut().take(color) {
-                *c = from_f(to_f(*c) + d * scale);
-            }
-        });
+    fn add<T: Copy + Send + Sync>(
+        buf: &mut [T],
+        channels: usize,
+        color: usize,
+        delta: &[f32],
+        to_f: impl Fn(T) -> f32 + Sync,
+        from_f: impl Fn(f32) -> T + Sync,
+        scale: f32,
+    ) {
+        buf.par_chunks_mut(channels)
+            .zip(delta.par_iter())
+            .for_each(|(px, &d)| {
+                for c in px.iter_mut().take(color) {
+                    *c = from_f(to_f(*c) + d * scale);
+                }
+            });
     }
     let mut out = image.clone();
-    let u8_ = (|v: u8| f32::from(v), |f: f32| f.round().clamp(0.0, 255.0) as u8);
-    let u16_ = (|v: u16| f32::from(v), |f: f32| f.round().clamp(0.0, 65535.0) as u16);
+    let u8_ = (
+        |v: u8| f32::from(v),
+        |f: f32| f.round().clamp(0.0, 255.0) as u8,
+    );
+    let u16_ = (
+        |v: u16| f32::from(v),
+        |f: f32| f.round().clamp(0.0, 65535.0) as u16,
+    );
     let f32_ = (|v: f32| v, |f: f32| f.clamp(0.0, 1.0));
     match &mut out {
         DynamicImage::ImageLuma8(b) => add(b, 1, 1, delta, u8_.0, u8_.1, 1.0),
@@ -302,7 +348,11 @@ mod tests {
 
     #[test]
     fn shaped_change_stays_in_headroom() {
-        for (raw, lo, hi) in [(9.0f32, -3.0f32, 0.5f32), (-9.0, -0.2, 200.0), (4.0, -100.0, 100.0)] {
+        for (raw, lo, hi) in [
+            (9.0f32, -3.0f32, 0.5f32),
+            (-9.0, -0.2, 200.0),
+            (4.0, -100.0, 100.0),
+        ] {
             let d = shape(raw, lo, hi);
             assert!(d >= lo && d <= hi);
         }

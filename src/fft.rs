@@ -97,7 +97,9 @@ mod tests {
     #[test]
     fn forward_then_inverse_is_identity_times_n() {
         let (w, h) = (12, 10);
-        let orig: Vec<Complex32> = (0..w * h).map(|i| Complex32::new((i % 7) as f32, (i % 3) as f32)).collect();
+        let orig: Vec<Complex32> = (0..w * h)
+            .map(|i| Complex32::new((i % 7) as f32, (i % 3) as f32))
+            .collect();
         let mut d = orig.clone();
         let f = Fft2::new(w, h);
         f.forward(&mut d);

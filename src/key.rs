@@ -74,7 +74,8 @@ impl SecretKey {
     /// and each part (length-prefixed, so part boundaries cannot be shifted).
     pub fn derive_seed(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
         // Invariant: HMAC accepts keys of any length.
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes any key length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes any key length");
         mac.update(DERIVATION_DOMAIN);
         for piece in std::iter::once(label.as_bytes()).chain(parts.iter().copied()) {
             mac.update(&(piece.len() as u64).to_le_bytes());
@@ -98,9 +99,14 @@ impl SecretKey {
         }
         let mut file = options.open(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::KeyExists { path: path.to_path_buf() }
+                Error::KeyExists {
+                    path: path.to_path_buf(),
+                }
             } else {
-                Error::Write { path: path.to_path_buf(), source }
+                Error::Write {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
         let mut text = format!(
@@ -108,9 +114,14 @@ impl SecretKey {
             self.fingerprint(),
             hex(&self.bytes)
         );
-        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+        let written = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_all());
         text.zeroize();
-        written.map_err(|source| Error::Write { path: path.to_path_buf(), source })
+        written.map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads a key file written by [`SecretKey::save_new`].
@@ -120,21 +131,30 @@ impl SecretKey {
     /// [`Error::KeyRead`] if missing or unreadable, [`Error::KeyPermissions`]
     /// if group or others may read it, [`Error::KeyFormat`] if malformed.
     pub fn load(path: &Path) -> Result<Self> {
-        let mut text = std::fs::read_to_string(path)
-            .map_err(|source| Error::KeyRead { path: path.to_path_buf(), source })?;
+        let mut text = std::fs::read_to_string(path).map_err(|source| Error::KeyRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path)
-                .map_err(|source| Error::KeyRead { path: path.to_path_buf(), source })?;
+            let meta = std::fs::metadata(path).map_err(|source| Error::KeyRead {
+                path: path.to_path_buf(),
+                source,
+            })?;
             if meta.permissions().mode() & 0o077 != 0 {
                 text.zeroize();
-                return Err(Error::KeyPermissions { path: path.to_path_buf() });
+                return Err(Error::KeyPermissions {
+                    path: path.to_path_buf(),
+                });
             }
         }
         let parsed = parse_key_text(&text);
         text.zeroize();
-        parsed.map_err(|reason| Error::KeyFormat { path: path.to_path_buf(), reason })
+        parsed.map_err(|reason| Error::KeyFormat {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 }
 
@@ -143,13 +163,18 @@ fn parse_key_text(text: &str) -> std::result::Result<SecretKey, String> {
     match lines.next().map(str::trim) {
         Some(KEY_HEADER) => {}
         Some(other) if other.starts_with("leakmark-key ") => {
-            return Err(format!("unsupported version line '{other}', this build reads '{KEY_HEADER}'"))
+            return Err(format!(
+                "unsupported version line '{other}', this build reads '{KEY_HEADER}'"
+            ))
         }
         _ => return Err(format!("first line must be '{KEY_HEADER}'")),
     }
     let mut secret = None;
     let mut fingerprint = None;
-    for line in lines.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in lines
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         if let Some(v) = line.strip_prefix("secret:") {
             secret = Some(unhex32(v.trim()).ok_or("secret must be 64 hex digits")?);
         } else if let Some(v) = line.strip_prefix("fingerprint:") {
@@ -161,7 +186,9 @@ fn parse_key_text(text: &str) -> std::result::Result<SecretKey, String> {
     let key = SecretKey::from_bytes(secret.ok_or("no 'secret:' line")?);
     if let Some(fp) = fingerprint {
         if fp != key.fingerprint() {
-            return Err("fingerprint line does not match the secret (file edited or damaged)".into());
+            return Err(
+                "fingerprint line does not match the secret (file edited or damaged)".into(),
+            );
         }
     }
     Ok(key)
@@ -194,7 +221,10 @@ mod tests {
         key.save_new(&path).unwrap();
         let back = SecretKey::load(&path).unwrap();
         assert_eq!(back.fingerprint(), key.fingerprint());
-        assert_eq!(back.derive_seed("x", &[b"1"]), key.derive_seed("x", &[b"1"]));
+        assert_eq!(
+            back.derive_seed("x", &[b"1"]),
+            key.derive_seed("x", &[b"1"])
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -208,7 +238,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.key");
         SecretKey::generate().save_new(&path).unwrap();
-        assert!(matches!(SecretKey::generate().save_new(&path), Err(Error::KeyExists { .. })));
+        assert!(matches!(
+            SecretKey::generate().save_new(&path),
+            Err(Error::KeyExists { .. })
+        ));
     }
 
     #[cfg(unix)]
@@ -219,17 +252,28 @@ mod tests {
         let path = dir.path().join("k.key");
         SecretKey::generate().save_new(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(SecretKey::load(&path), Err(Error::KeyPermissions { .. })));
+        assert!(matches!(
+            SecretKey::load(&path),
+            Err(Error::KeyPermissions { .. })
+        ));
     }
 
     #[test]
     fn malformed_key_files_are_refused() {
-        for text in ["", "hello", "leakmark-key v1\nsecret: 12", "leakmark-key v9\nsecret: 00"] {
+        for text in [
+            "",
+            "hello",
+            "leakmark-key v1\nsecret: 12",
+            "leakmark-key v9\nsecret: 00",
+        ] {
             assert!(parse_key_text(text).is_err(), "{text:?}");
         }
         let good = format!("{KEY_HEADER}\nsecret: {}\n", "ab".repeat(32));
         assert!(parse_key_text(&good).is_ok());
-        let bad_fp = format!("{KEY_HEADER}\nfingerprint: 0000\nsecret: {}\n", "ab".repeat(32));
+        let bad_fp = format!(
+            "{KEY_HEADER}\nfingerprint: 0000\nsecret: {}\n",
+            "ab".repeat(32)
+        );
         assert!(parse_key_text(&bad_fp).is_err());
     }
 
@@ -238,9 +282,15 @@ mod tests {
         // Test vector: a change here silently orphans every mark ever issued.
         let key = SecretKey::from_bytes([7u8; 32]);
         let seed = key.derive_seed("sync", &[&[3u8]]);
-        assert_eq!(hex(&seed[..8]), hex(&key.derive_seed("sync", &[&[3u8]])[..8]));
+        assert_eq!(
+            hex(&seed[..8]),
+            hex(&key.derive_seed("sync", &[&[3u8]])[..8])
+        );
         assert_ne!(seed, key.derive_seed("sync", &[&[4u8]]));
-        assert_ne!(key.derive_seed("ab", &[b"c"]), key.derive_seed("a", &[b"bc"]));
+        assert_ne!(
+            key.derive_seed("ab", &[b"c"]),
+            key.derive_seed("a", &[b"bc"])
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ const EDGE_FALLOFF: f32 = 16.0;
 pub fn perceptual_mask(luma: &Plane, chip_px: f64) -> Plane {
     let radius = (chip_px.round() as usize).max(2);
     let mean = luma.box_mean(radius);
-    let sq = Plane { data: luma.data.par_iter().map(|v| v * v).collect(), ..luma.clone() }.box_mean(radius);
+    let sq = Plane {
+        data: luma.data.par_iter().map(|v| v * v).collect(),
+        ..luma.clone()
+    }
+    .box_mean(radius);
     let raw: Vec<f32> = mean
         .data
         .par_iter()
@@ -42,7 +46,11 @@ pub fn perceptual_mask(luma: &Plane, chip_px: f64) -> Plane {
         })
         .collect();
     // Smooth so the weight never jumps from one pixel to the next.
-    Plane { data: raw, ..luma.clone() }.box_mean(radius)
+    Plane {
+        data: raw,
+        ..luma.clone()
+    }
+    .box_mean(radius)
 }
 
 #[cfg(test)]
@@ -56,14 +64,23 @@ mod tests {
         // Noise-like texture on the left half; a thin black line on the right.
         for y in 0..h {
             for x in 0..w / 2 {
-                luma.data[y * w + x] = 128.0 + if (x * 7 + y * 13) % 5 < 2 { 20.0 } else { -14.0 };
+                luma.data[y * w + x] = 128.0
+                    + if (x * 7 + y * 13) % 5 < 2 {
+                        20.0
+                    } else {
+                        -14.0
+                    };
             }
             luma.data[y * w + 48] = 0.0;
         }
         let m = perceptual_mask(&luma, 2.0);
         let at = |x: usize, y: usize| m.data[y * w + x];
         assert!(at(12, 32) > 1.5, "texture {}", at(12, 32));
-        assert!((at(60, 10) - FLOOR).abs() < 1e-3, "flat white {}", at(60, 10));
+        assert!(
+            (at(60, 10) - FLOOR).abs() < 1e-3,
+            "flat white {}",
+            at(60, 10)
+        );
         assert!(at(48, 32) < 1.0, "line {}", at(48, 32));
     }
 }

@@ -108,8 +108,18 @@ impl Layout {
         let data_sign = signs(&mut stream(key, "spread", &[&ver, &v]), DATA_CHIPS);
         // The permutation already scatters chips; bit k of chip i is i mod n,
         // so every coded bit gets the same number of chips (±1).
-        let data_bit = (0..DATA_CHIPS).map(|i| (i % payload::CODED_BITS) as u16).collect();
-        Layout { variant, sync_idx, sync_sign, data_idx, data_sign, data_bit, verify_idx }
+        let data_bit = (0..DATA_CHIPS)
+            .map(|i| (i % payload::CODED_BITS) as u16)
+            .collect();
+        Layout {
+            variant,
+            sync_idx,
+            sync_sign,
+            data_idx,
+            data_sign,
+            data_bit,
+            verify_idx,
+        }
     }
 
     /// The ±1 verify chips of one serial: an independent stream per serial,
@@ -117,7 +127,11 @@ impl Layout {
     pub fn verify_signs(key: &SecretKey, variant: u32, serial: u32) -> Vec<f32> {
         let ver = [PATTERN_VERSION];
         signs(
-            &mut stream(key, "verify", &[&ver, &variant.to_le_bytes(), &serial.to_le_bytes()]),
+            &mut stream(
+                key,
+                "verify",
+                &[&ver, &variant.to_le_bytes(), &serial.to_le_bytes()],
+            ),
             VERIFY_CHIPS,
         )
     }
@@ -129,7 +143,12 @@ impl Layout {
         for (&i, &s) in self.sync_idx.iter().zip(&self.sync_sign) {
             tile[i as usize] = s;
         }
-        for ((&i, &s), &b) in self.data_idx.iter().zip(&self.data_sign).zip(&self.data_bit) {
+        for ((&i, &s), &b) in self
+            .data_idx
+            .iter()
+            .zip(&self.data_sign)
+            .zip(&self.data_bit)
+        {
             let bit = if coded[b as usize] { -1.0 } else { 1.0 };
             tile[i as usize] = s * bit;
         }
@@ -155,7 +174,12 @@ mod tests {
     fn roles_partition_the_tile() {
         let layout = Layout::new(&SecretKey::from_bytes([1; 32]), 3);
         let mut seen = vec![false; CHIPS];
-        for &i in layout.sync_idx.iter().chain(&layout.data_idx).chain(&layout.verify_idx) {
+        for &i in layout
+            .sync_idx
+            .iter()
+            .chain(&layout.data_idx)
+            .chain(&layout.verify_idx)
+        {
             assert!(!seen[i as usize]);
             seen[i as usize] = true;
         }
@@ -167,7 +191,10 @@ mod tests {
         // A change here means marks issued before can no longer be read.
         let key = SecretKey::from_bytes([9; 32]);
         let tile = Layout::new(&key, 0).tile(&key, 0xdead_beef);
-        let packed: u64 = tile[..64].iter().enumerate().fold(0, |acc, (i, &v)| acc | (((v > 0.0) as u64) << i));
+        let packed: u64 = tile[..64]
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (i, &v)| acc | (((v > 0.0) as u64) << i));
         assert_eq!(packed, PINNED_TILE_PREFIX);
     }
 

@@ -27,7 +27,11 @@ pub fn encode(serial: u32) -> Vec<bool> {
     let mut out = Vec::with_capacity(CODED_BITS);
     let mut reg: u32 = 0;
     for i in 0..SERIAL_BITS + K - 1 {
-        let bit = if i < SERIAL_BITS { (serial >> (SERIAL_BITS - 1 - i)) & 1 } else { 0 };
+        let bit = if i < SERIAL_BITS {
+            (serial >> (SERIAL_BITS - 1 - i)) & 1
+        } else {
+            0
+        };
         reg = ((reg << 1) | bit) & ((1 << K) - 1);
         for g in GENERATORS {
             out.push(parity(reg & g));
@@ -79,7 +83,11 @@ pub fn decode(soft: &[f32]) -> Option<u32> {
         bits[step] = (state & 1) as u32;
         state = from[step][state] as usize;
     }
-    Some(bits[..SERIAL_BITS].iter().fold(0u32, |acc, &b| (acc << 1) | b))
+    Some(
+        bits[..SERIAL_BITS]
+            .iter()
+            .fold(0u32, |acc, &b| (acc << 1) | b),
+    )
 }
 
 #[cfg(test)]

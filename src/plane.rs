@@ -20,7 +20,11 @@ pub struct Plane {
 impl Plane {
     /// A plane filled with `value`.
     pub fn filled(width: usize, height: usize, value: f32) -> Self {
-        Plane { width, height, data: vec![value; width * height] }
+        Plane {
+            width,
+            height,
+            data: vec![value; width * height],
+        }
     }
 
     /// Rec. 601 luma (the JPEG definition) of any image, on a 0–255 scale.
@@ -36,7 +40,11 @@ impl Plane {
                 255.0 * (y * a + (1.0 - a))
             })
             .collect();
-        Plane { width, height, data }
+        Plane {
+            width,
+            height,
+            data,
+        }
     }
 
     /// Sample at integer coordinates, clamped to the border.
@@ -52,7 +60,11 @@ impl Plane {
         let horizontal = box_1d_rows(&self.data, self.width, self.height, radius);
         let transposed = transpose(&horizontal, self.width, self.height);
         let vertical = box_1d_rows(&transposed, self.height, self.width, radius);
-        Plane { width: self.width, height: self.height, data: transpose(&vertical, self.height, self.width) }
+        Plane {
+            width: self.width,
+            height: self.height,
+            data: transpose(&vertical, self.height, self.width),
+        }
     }
 
     /// Gaussian blur with standard deviation `sigma` pixels (separable, borders clamped).
@@ -61,13 +73,19 @@ impl Plane {
             return self.clone();
         }
         let radius = (3.0 * sigma).ceil() as isize;
-        let kernel: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+        let kernel: Vec<f32> = (-radius..=radius)
+            .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+            .collect();
         let norm: f32 = kernel.iter().sum();
         let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
         let rows = conv_rows(&self.data, self.width, self.height, &kernel);
         let t = transpose(&rows, self.width, self.height);
         let cols = conv_rows(&t, self.height, self.width, &kernel);
-        Plane { width: self.width, height: self.height, data: transpose(&cols, self.height, self.width) }
+        Plane {
+            width: self.width,
+            height: self.height,
+            data: transpose(&cols, self.height, self.width),
+        }
     }
 
     /// Area-averaging resize to `width` × `height` (box filter; for shrinking).
@@ -75,7 +93,11 @@ impl Plane {
         let rows = resample_rows_area(&self.data, self.width, self.height, width);
         let t = transpose(&rows, width, self.height);
         let cols = resample_rows_area(&t, self.height, width, height);
-        Plane { width, height, data: transpose(&cols, height, width) }
+        Plane {
+            width,
+            height,
+            data: transpose(&cols, height, width),
+        }
     }
 }
 
@@ -96,41 +118,45 @@ fn transpose(data: &[f32], width: usize, height: usize) -> Vec<f32> {
 
 fn box_1d_rows(data: &[f32], width: usize, height: usize, radius: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; width * height];
-    out.par_chunks_mut(width).zip(data.par_chunks(width)).for_each(|(o, row)| {
-        let n = (2 * radius + 1) as f64;
-        let at = |i: isize| f64::from(row[i.clamp(0, width as isize - 1) as usize]);
-        let r = radius as isize;
-        let mut sum: f64 = (-r..=r).map(at).sum();
-        for (x, v) in o.iter_mut().enumerate() {
-            *v = (sum / n) as f32;
-            let xi = x as isize;
-            sum += at(xi + r + 1) - at(xi - r);
-        }
-    });
+    out.par_chunks_mut(width)
+        .zip(data.par_chunks(width))
+        .for_each(|(o, row)| {
+            let n = (2 * radius + 1) as f64;
+            let at = |i: isize| f64::from(row[i.clamp(0, width as isize - 1) as usize]);
+            let r = radius as isize;
+            let mut sum: f64 = (-r..=r).map(at).sum();
+            for (x, v) in o.iter_mut().enumerate() {
+                *v = (sum / n) as f32;
+                let xi = x as isize;
+                sum += at(xi + r + 1) - at(xi - r);
+            }
+        });
     out
 }
 
 fn conv_rows(data: &[f32], width: usize, height: usize, kernel: &[f32]) -> Vec<f32> {
     let radius = (kernel.len() / 2) as isize;
     let mut out = vec![0.0f32; width * height];
-    out.par_chunks_mut(width).zip(data.par_chunks(width)).for_each(|(o, row)| {
-        let last = width as isize - 1;
-        for (x, v) in o.iter_mut().enumerate() {
-            let xi = x as isize;
-            let mut acc = 0.0f32;
-            if xi >= radius && xi + radius <= last {
-                let start = (xi - radius) as usize;
-                for (k, s) in kernel.iter().zip(&row[start..start + kernel.len()]) {
-                    acc += k * s;
+    out.par_chunks_mut(width)
+        .zip(data.par_chunks(width))
+        .for_each(|(o, row)| {
+            let last = width as isize - 1;
+            for (x, v) in o.iter_mut().enumerate() {
+                let xi = x as isize;
+                let mut acc = 0.0f32;
+                if xi >= radius && xi + radius <= last {
+                    let start = (xi - radius) as usize;
+                    for (k, s) in kernel.iter().zip(&row[start..start + kernel.len()]) {
+                        acc += k * s;
+                    }
+                } else {
+                    for (j, k) in kernel.iter().enumerate() {
+                        acc += k * row[(xi + j as isize - radius).clamp(0, last) as usize];
+                    }
                 }
-            } else {
-                for (j, k) in kernel.iter().enumerate() {
-                    acc += k * row[(xi + j as isize - radius).clamp(0, last) as usize];
-                }
+                *v = acc;
             }
-            *v = acc;
-        }
-    });
+        });
     out
 }
 
@@ -146,16 +172,18 @@ fn resample_rows_area(data: &[f32], width: usize, height: usize, new_width: usiz
         })
         .collect();
     let mut out = vec![0.0f32; new_width * height];
-    out.par_chunks_mut(new_width).zip(data.par_chunks(width)).for_each(|(o, row)| {
-        for (v, &(lo, hi, a, b)) in o.iter_mut().zip(&spans) {
-            let mut acc = 0.0f64;
-            for (j, &s) in row.iter().enumerate().take(hi).skip(lo) {
-                let w = (b.min((j + 1) as f64) - a.max(j as f64)).max(0.0);
-                acc += w * f64::from(s);
+    out.par_chunks_mut(new_width)
+        .zip(data.par_chunks(width))
+        .for_each(|(o, row)| {
+            for (v, &(lo, hi, a, b)) in o.iter_mut().zip(&spans) {
+                let mut acc = 0.0f64;
+                for (j, &s) in row.iter().enumerate().take(hi).skip(lo) {
+                    let w = (b.min((j + 1) as f64) - a.max(j as f64)).max(0.0);
+                    acc += w * f64::from(s);
+                }
+                *v = (acc / (b - a)) as f32;
             }
-            *v = (acc / (b - a)) as f32;
-        }
-    });
+        });
     out
 }
 
@@ -181,7 +209,11 @@ mod tests {
 
     #[test]
     fn area_resize_averages_blocks() {
-        let p = Plane { width: 4, height: 2, data: vec![0.0, 2.0, 4.0, 6.0, 0.0, 2.0, 4.0, 6.0] };
+        let p = Plane {
+            width: 4,
+            height: 2,
+            data: vec![0.0, 2.0, 4.0, 6.0, 0.0, 2.0, 4.0, 6.0],
+        };
         let r = p.resize_area(2, 1);
         assert_eq!(r.data, vec![1.0, 5.0]);
     }

@@ -126,7 +126,8 @@ pub fn ssim(original: &[f32], marked: &[f32], width: usize, height: usize) -> f6
             let va = saa / n - ma * ma;
             let vb = sbb / n - mb * mb;
             let cov = sab / n - ma * mb;
-            total += ((2.0 * ma * mb + C1) * (2.0 * cov + C2)) / ((ma * ma + mb * mb + C1) * (va + vb + C2));
+            total += ((2.0 * ma * mb + C1) * (2.0 * cov + C2))
+                / ((ma * ma + mb * mb + C1) * (va + vb + C2));
             count += 1;
             x += 4;
         }
@@ -153,13 +154,23 @@ mod tests {
     #[test]
     fn bound_is_conservative_for_random_chips_on_a_fixed_residual() {
         // A fixed, very non-Gaussian "image" residual; random keyed chips.
-        let r: Vec<f32> = (0..1000).map(|i| if i % 97 == 0 { 50.0 } else { (i % 7) as f32 - 3.0 }).collect();
+        let r: Vec<f32> = (0..1000)
+            .map(|i| {
+                if i % 97 == 0 {
+                    50.0
+                } else {
+                    (i % 7) as f32 - 3.0
+                }
+            })
+            .collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let trials = 20_000;
         let mut exceed = [0usize; 3];
         let taus = [1.0, 2.0, 3.0];
         for _ in 0..trials {
-            let chips: Vec<f32> = (0..1000).map(|_| if rng.next_u32() & 1 == 1 { 1.0 } else { -1.0 }).collect();
+            let chips: Vec<f32> = (0..1000)
+                .map(|_| if rng.next_u32() & 1 == 1 { 1.0 } else { -1.0 })
+                .collect();
             let z = normalized_correlation(&chips, &r);
             for (k, &t) in taus.iter().enumerate() {
                 exceed[k] += usize::from(z >= t);

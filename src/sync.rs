@@ -63,16 +63,31 @@ pub fn prepare(luma: &Plane) -> Prepared {
         (luma.clone(), 1.0)
     };
     let smooth = work.box_mean(1);
-    let detail: Vec<f32> = work.data.iter().zip(&smooth.data).map(|(a, b)| a - b).collect();
-    let detail = Plane { data: detail, ..work.clone() };
-    let activity = Plane { data: detail.data.iter().map(|v| v * v).collect(), ..work.clone() }.box_mean(4);
+    let detail: Vec<f32> = work
+        .data
+        .iter()
+        .zip(&smooth.data)
+        .map(|(a, b)| a - b)
+        .collect();
+    let detail = Plane {
+        data: detail,
+        ..work.clone()
+    };
+    let activity = Plane {
+        data: detail.data.iter().map(|v| v * v).collect(),
+        ..work.clone()
+    }
+    .box_mean(4);
     let data = detail
         .data
         .iter()
         .zip(&activity.data)
         .map(|(&d, &a)| (d / (a.max(0.0).sqrt() + 0.35)).clamp(-2.5, 2.5))
         .collect();
-    Prepared { residual: Plane { data, ..work }, work_scale }
+    Prepared {
+        residual: Plane { data, ..work },
+        work_scale,
+    }
 }
 
 /// Autocorrelation of the residual with a flattened spectrum, as a centred
@@ -80,7 +95,10 @@ pub fn prepare(luma: &Plane) -> Prepared {
 fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, usize) {
     // Zero padding by half the size lets lags reach 3/4 of the short side
     // without wrapping: a quarter-area crop may hold barely two periods.
-    let (w, h) = (fast_size(residual.width * 3 / 2), fast_size(residual.height * 3 / 2));
+    let (w, h) = (
+        fast_size(residual.width * 3 / 2),
+        fast_size(residual.height * 3 / 2),
+    );
     let mean = residual.data.iter().sum::<f32>() / residual.data.len().max(1) as f32;
     // Cosine taper over the outer 6 % so the borders do not ring.
     let taper = |i: usize, n: usize| -> f32 {
@@ -103,7 +121,12 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
     let fft = Fft2::new(w, h);
     fft.forward(&mut buf);
     let power: Vec<f32> = buf.iter().map(|c| c.norm_sqr()).collect();
-    let smooth = Plane { width: w, height: h, data: power.clone() }.box_mean(4);
+    let smooth = Plane {
+        width: w,
+        height: h,
+        data: power.clone(),
+    }
+    .box_mean(4);
     for (i, c) in buf.iter_mut().enumerate() {
         let (fx, fy) = (i % w, i / w);
         // Axes carry borders and straight lines of the host, not the mark.
@@ -115,7 +138,11 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
             (r - r.round()).abs() * period < 1.5 && r.round() != 0.0
         };
         let on_axis = on_axis || near_grid(fx, w) || near_grid(fy, h);
-        let flat = if on_axis { 0.0 } else { power[i] / (smooth.data[i].max(0.0) + 1e-12) };
+        let flat = if on_axis {
+            0.0
+        } else {
+            power[i] / (smooth.data[i].max(0.0) + 1e-12)
+        };
         *c = Complex32::new(flat, 0.0);
     }
     fft.inverse(&mut buf);
@@ -159,10 +186,13 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
     }
     ring.sort_by(|a, b| a.total_cmp(b));
     let median = ring[ring.len() / 2];
-    let mad = ring.iter().map(|v| (v - median).abs()).fold(Vec::new(), |mut acc, v| {
-        acc.push(v);
-        acc
-    });
+    let mad = ring
+        .iter()
+        .map(|v| (v - median).abs())
+        .fold(Vec::new(), |mut acc, v| {
+            acc.push(v);
+            acc
+        });
     let mut mad = mad;
     mad.sort_by(|a, b| a.total_cmp(b));
     let sigma = (1.4826 * mad[mad.len() / 2]).max(1e-9);
@@ -255,7 +285,10 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
             }
             // JPEG blocking makes its own lattice on the 8-px grid; a mark lattice
             // sits exactly on it only by coincidence (MIN_CHIP_PX avoids it).
-            let on_grid = |p: [f64; 2]| p.iter().all(|c| ((c / grid_px) - (c / grid_px).round()).abs() * grid_px < 0.6);
+            let on_grid = |p: [f64; 2]| {
+                p.iter()
+                    .all(|c| ((c / grid_px) - (c / grid_px).round()).abs() * grid_px < 0.6)
+            };
             if on_grid(u) && on_grid(v) {
                 continue;
             }
@@ -285,18 +318,27 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
             (scale(add(u, v), 0.5), scale(sub(u, v), 0.5)),
         ];
         for (a, b) in neighbours {
-            let Some((nu, nv)) = reduce(a, b) else { continue };
+            let Some((nu, nv)) = reduce(a, b) else {
+                continue;
+            };
             if norm(nu) < MIN_PERIOD_PX || norm(nv) > max_lag {
                 continue;
             }
-            let lat = Lattice { u: nu, v: nv, score: density_score(nu, nv) };
+            let lat = Lattice {
+                u: nu,
+                v: nv,
+                score: density_score(nu, nv),
+            };
             if !candidates.iter().any(|c| same_lattice(c, &lat)) {
                 candidates.push(lat);
             }
         }
     }
     candidates.truncate(MAX_CANDIDATES);
-    candidates.into_iter().map(|c| refine(&acf, cx, cy, max_lag, c)).collect()
+    candidates
+        .into_iter()
+        .map(|c| refine(&acf, cx, cy, max_lag, c))
+        .collect()
 }
 
 /// Least-squares fit of the basis to every lattice point visible in the
@@ -318,7 +360,11 @@ fn refine(acf: &Plane, cx: isize, cy: isize, max_lag: f64, mut lat: Lattice) -> 
                     continue;
                 }
                 // Local maximum within ±2 px, then a parabolic sub-pixel fit.
-                let (mut bx, mut by, mut bval) = (p[0].round() as isize, p[1].round() as isize, f64::NEG_INFINITY);
+                let (mut bx, mut by, mut bval) = (
+                    p[0].round() as isize,
+                    p[1].round() as isize,
+                    f64::NEG_INFINITY,
+                );
                 let (px, py) = (bx, by);
                 for ny in -2..=2 {
                     for nx in -2..=2 {

@@ -58,8 +58,10 @@ pub struct Geometry {
     pub shear_deg: f64,
     /// Where tile chip (0, 0) falls in the leak, pixels (the offset is known modulo one tile).
     pub origin_px: [f64; 2],
-    /// Affine map from tile chip coordinates to leak pixels: [a, b, c, d] with x = a·i + b·j, y = c·i + d·j.
+    /// Local affine map at the leak's centre from tile chip coordinates to leak pixels: [a, b, c, d] with dx = a·di + b·dj, dy = c·di + d·dj.
     pub chip_to_leak: [f64; 4],
+    /// When perspective was refined: the homography (row-major 3×3) from folded tile chips to leak pixels.
+    pub homography: Option<[f64; 9]>,
 }
 
 /// The outcome of detection on one image.
@@ -87,13 +89,46 @@ pub struct Detection {
     pub too_small: bool,
 }
 
-/// Everything read off one candidate geometry.
-struct Reading {
+/// Maps working pixels to folded tile coordinates (chips), projectively:
+/// `[i·w, j·w, w] = m · [x, y, 1]`. An affine frame has `m[6] = m[7] = 0`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Frame {
+    m: [f64; 9],
+}
+
+impl Frame {
+    /// The affine frame of a lattice: chip → pixel is x = (u·i + v·j)/64; inverted.
+    fn from_lattice(lat: &Lattice) -> Option<Frame> {
+        let t = TILE as f64;
+        let chip_to_px = [lat.u[0] / t, lat.v[0] / t, 0.0, lat.u[1] / t, lat.v[1] / t, 0.0, 0.0, 0.0, 1.0];
+        invert3(&chip_to_px).map(|m| Frame { m })
+    }
+
+    #[inline]
+    fn map(&self, x: f64, y: f64) -> (f64, f64) {
+        let m = &self.m;
+        let w = m[6] * x + m[7] * y + m[8];
+        ((m[0] * x + m[1] * y + m[2]) / w, (m[3] * x + m[4] * y + m[5]) / w)
+    }
+}
+
+/// How a folded tile lines up with the issued tile.
+#[derive(Clone, Copy, Debug)]
+struct Alignment {
+    /// Sync correlation peak, in standard deviations of all shifts.
+    sync_z: f64,
     variant: u32,
-    /// Soft value per chip, row-major, in the issued tile's frame.
-    chips: Vec<f32>,
+    /// Index of the symmetry of the square applied to the folded tile.
     dihedral: usize,
+    /// Cyclic shift, in bins of the aligned tile.
     shift: (usize, usize),
+}
+
+/// One way of reading the leak: a frame and its alignment.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    frame: Frame,
+    alignment: Alignment,
 }
 
 /// Detects the mark in `image` under `key`.
@@ -111,11 +146,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         false_alarm_probability: 1.0,
         score: 0.0,
         hypotheses: 0,
-        mode: if options.known_copies.is_empty() {
-            "blind"
-        } else {
-            "ledger"
-        },
+        mode: if options.known_copies.is_empty() { "blind" } else { "ledger" },
         geometry: None,
         candidates: 0,
         too_small: false,
@@ -126,89 +157,271 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     }
     let prepared = sync::prepare(luma);
     let lattices = sync::lattices(&prepared);
-    none.candidates = lattices.len();
     if lattices.is_empty() {
         return none;
     }
     let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
-    let sync_spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
+    let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
 
-    // Per candidate: read the chips, then score the blind serial and every known copy.
-    let per_candidate: Vec<(f64, u32, u32, &'static str, usize)> = lattices
+    // Every lattice gives a global reading, and a perspective-refined one when its sync is clear.
+    let readings: Vec<Reading> = lattices
         .par_iter()
-        .enumerate()
-        .filter_map(|(ci, lat)| {
-            let reading = read_candidate(&prepared, lat, &layouts, &sync_spectra)?;
-            let layout = &layouts[reading.variant as usize];
-            let verify_values: Vec<f32> = layout
-                .verify_idx
-                .iter()
-                .map(|&i| reading.chips[i as usize])
-                .collect();
-            let serial = decode_serial(layout, &reading.chips);
-            let blind_z = stats::normalized_correlation(
-                &Layout::verify_signs(key, reading.variant, serial),
-                &verify_values,
-            );
-            let mut best = (blind_z, serial, reading.variant, "blind", ci);
-            for copy in options
-                .known_copies
-                .iter()
-                .filter(|c| c.variant == reading.variant)
-            {
-                let z = stats::normalized_correlation(
-                    &Layout::verify_signs(key, copy.variant, copy.serial),
-                    &verify_values,
-                );
+        .flat_map_iter(|lat| readings_for(&prepared, lat, &spectra))
+        .collect();
+    none.candidates = readings.len();
+    if readings.is_empty() {
+        return none;
+    }
+
+    // Score each reading: the blind serial, then every known copy of its variant.
+    let scored: Vec<(f64, u32, &'static str)> = readings
+        .par_iter()
+        .map(|r| {
+            let layout = &layouts[r.alignment.variant as usize];
+            let chips = read_chips(&fold(&prepared.residual, &r.frame), &r.alignment);
+            let verify: Vec<f32> = layout.verify_idx.iter().map(|&i| chips[i as usize]).collect();
+            let serial = decode_serial(layout, &chips);
+            let z = stats::normalized_correlation(&Layout::verify_signs(key, layout.variant, serial), &verify);
+            let mut best = (z, serial, "blind");
+            for copy in options.known_copies.iter().filter(|c| c.variant == layout.variant) {
+                let z = stats::normalized_correlation(&Layout::verify_signs(key, copy.variant, copy.serial), &verify);
                 if z > best.0 {
-                    best = (z, copy.serial, copy.variant, "ledger", ci);
+                    best = (z, copy.serial, "ledger");
                 }
             }
-            Some(best)
+            best
         })
         .collect();
 
-    // Every candidate evaluated the blind serial plus each known copy.
-    let per_candidate_hypotheses = 1 + options.known_copies.len() as u64;
-    let hypotheses = lattices.len() as u64 * per_candidate_hypotheses;
-    let Some(&(z, serial, variant, mode, ci)) = per_candidate
+    // Every reading evaluated the blind serial plus each known copy: all are charged.
+    let hypotheses = readings.len() as u64 * (1 + options.known_copies.len() as u64);
+    let (best_index, &(z, serial, mode)) = scored
         .iter()
-        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.4.cmp(&a.4)))
-    else {
-        none.hypotheses = hypotheses;
-        return none;
-    };
+        .enumerate()
+        .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(b.0.cmp(&a.0)))
+        .expect("readings is not empty");
     let p = stats::false_alarm(z, hypotheses);
     let detected = p <= stats::REPORT_THRESHOLD;
-    let geometry = if detected {
-        read_candidate(&prepared, &lattices[ci], &layouts, &sync_spectra)
-            .map(|r| geometry_of(&lattices[ci], &r, prepared.work_scale))
-    } else {
-        None
-    };
+    let reading = &readings[best_index];
     Detection {
         detected,
         serial: detected.then_some(serial),
-        variant: detected.then_some(variant),
+        variant: detected.then_some(reading.alignment.variant),
         false_alarm_probability: p,
         score: z,
         hypotheses,
         mode,
-        geometry,
-        candidates: lattices.len(),
+        geometry: detected.then(|| geometry_of(reading, &prepared)),
+        candidates: readings.len(),
         too_small: false,
     }
+}
+
+/// The readings of one lattice: global, then up to two perspective refinements.
+fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) -> Vec<Reading> {
+    let Some(frame) = Frame::from_lattice(lat) else { return Vec::new() };
+    let Some(alignment) = align(&fold(&prepared.residual, &frame), spectra, None) else { return Vec::new() };
+    let mut out = vec![Reading { frame, alignment }];
+    let tile_px = norm2(lat.u).min(norm2(lat.v));
+    let mut current = out[0];
+    for _ in 0..REFINE_ROUNDS {
+        if current.alignment.sync_z < REFINE_MIN_SYNC_Z {
+            break;
+        }
+        let Some(frame) = refine(prepared, &current, spectra, tile_px) else { break };
+        let spectrum = &spectra[current.alignment.variant as usize..=current.alignment.variant as usize];
+        let Some(mut alignment) = align(&fold(&prepared.residual, &frame), spectrum, Some(current.alignment.dihedral))
+        else {
+            break;
+        };
+        alignment.variant = current.alignment.variant;
+        current = Reading { frame, alignment };
+        out.push(current);
+    }
+    out
+}
+
+/// Perspective refinement rounds per lattice (each adds one charged hypothesis).
+const REFINE_ROUNDS: usize = 2;
+/// Global sync evidence needed before refining: below it the variant and flip are guesses.
+const REFINE_MIN_SYNC_Z: f64 = 4.5;
+/// Local sync evidence for a window to take part in the homography fit.
+const WINDOW_MIN_SYNC_Z: f64 = 4.0;
+
+/// Fits a homography to local offsets: a phone photo is affine only locally,
+/// so the frame is folded window by window, each window's sync shift says
+/// how far its part of the leak is from where the current frame puts it, and
+/// a projective map is fitted to those correspondences. Uses sync chips only,
+/// so the verify statistic stays independent of the choice.
+fn refine(prepared: &Prepared, reading: &Reading, spectra: &[Vec<Complex32>], tile_px: f64) -> Option<Frame> {
+    let r = &prepared.residual;
+    let (w, h) = (r.width as f64, r.height as f64);
+    let nx = ((w / tile_px).round() as usize).clamp(2, 6);
+    let ny = ((h / tile_px).round() as usize).clamp(2, 6);
+    let (win_w, win_h) = (w / nx as f64 * 1.6, h / ny as f64 * 1.6);
+    let al = reading.alignment;
+    let spectrum = &spectra[al.variant as usize..=al.variant as usize];
+    let windows: Vec<(f64, f64)> =
+        (0..ny).flat_map(|j| (0..nx).map(move |i| ((i as f64 + 0.5) * w / nx as f64, (j as f64 + 0.5) * h / ny as f64))).collect();
+    let matches: Vec<([f64; 2], [f64; 2], f64)> = windows
+        .par_iter()
+        .filter_map(|&(cx, cy)| {
+            let x0 = (cx - win_w / 2.0).max(0.0) as usize;
+            let y0 = (cy - win_h / 2.0).max(0.0) as usize;
+            let x1 = ((cx + win_w / 2.0) as usize).min(r.width);
+            let y1 = ((cy + win_h / 2.0) as usize).min(r.height);
+            let local = fold_rect(r, &reading.frame, (x0, y0, x1, y1));
+            let la = align(&local, spectrum, Some(al.dihedral))?;
+            if la.sync_z < WINDOW_MIN_SYNC_Z {
+                return None;
+            }
+            // Shift difference in aligned bins, wrapped to ±half a tile, back to folded chips.
+            let wrap = |a: usize, b: usize| {
+                let d = (a as i64 - b as i64).rem_euclid(BINS as i64);
+                if d >= BINS as i64 / 2 {
+                    d - BINS as i64
+                } else {
+                    d
+                }
+            };
+            let (dx, dy) = (wrap(la.shift.0, al.shift.0) as f64, wrap(la.shift.1, al.shift.1) as f64);
+            let (mut fx, mut fy) = if al.dihedral & 4 != 0 { (dy, dx) } else { (dx, dy) };
+            if al.dihedral & 1 != 0 {
+                fx = -fx;
+            }
+            if al.dihedral & 2 != 0 {
+                fy = -fy;
+            }
+            let (ci, cj) = reading.frame.map(cx, cy);
+            Some(([ci - fx / 2.0, cj - fy / 2.0], [cx, cy], la.sync_z))
+        })
+        .collect();
+    let chip_to_px = fit_homography(&matches)?;
+    invert3(&chip_to_px).map(|m| Frame { m })
+}
+
+/// Weighted least-squares homography (chip → pixel) from correspondences,
+/// with the worst outlier dropped while any is off by more than a chip.
+fn fit_homography(matches: &[([f64; 2], [f64; 2], f64)]) -> Option<[f64; 9]> {
+    let mut pts: Vec<([f64; 2], [f64; 2], f64)> = matches.to_vec();
+    loop {
+        if pts.len() < 5 {
+            return None;
+        }
+        // Normalise both point sets for conditioning.
+        let norm_of = |sel: &dyn Fn(&([f64; 2], [f64; 2], f64)) -> [f64; 2]| {
+            let n = pts.len() as f64;
+            let mx = pts.iter().map(|p| sel(p)[0]).sum::<f64>() / n;
+            let my = pts.iter().map(|p| sel(p)[1]).sum::<f64>() / n;
+            let sd = (pts.iter().map(|p| (sel(p)[0] - mx).powi(2) + (sel(p)[1] - my).powi(2)).sum::<f64>() / n).sqrt().max(1e-9);
+            (mx, my, sd)
+        };
+        let (tmx, tmy, tsd) = norm_of(&|p| p.0);
+        let (pmx, pmy, psd) = norm_of(&|p| p.1);
+        let mut ata = [[0.0f64; 8]; 8];
+        let mut atb = [0.0f64; 8];
+        for (t, p, wgt) in &pts {
+            let (tx, ty) = ((t[0] - tmx) / tsd, (t[1] - tmy) / tsd);
+            let (px, py) = ((p[0] - pmx) / psd, (p[1] - pmy) / psd);
+            for (row, rhs) in [
+                ([tx, ty, 1.0, 0.0, 0.0, 0.0, -px * tx, -px * ty], px),
+                ([0.0, 0.0, 0.0, tx, ty, 1.0, -py * tx, -py * ty], py),
+            ] {
+                for a in 0..8 {
+                    atb[a] += wgt * row[a] * rhs;
+                    for b in 0..8 {
+                        ata[a][b] += wgt * row[a] * row[b];
+                    }
+                }
+            }
+        }
+        let hn = solve8(ata, atb)?;
+        // Undo the normalisation: H = Np⁻¹ · Hn · Nt.
+        let hn = [hn[0], hn[1], hn[2], hn[3], hn[4], hn[5], hn[6], hn[7], 1.0];
+        let nt = [1.0 / tsd, 0.0, -tmx / tsd, 0.0, 1.0 / tsd, -tmy / tsd, 0.0, 0.0, 1.0];
+        let np_inv = [psd, 0.0, pmx, 0.0, psd, pmy, 0.0, 0.0, 1.0];
+        let h = mul3(&np_inv, &mul3(&hn, &nt));
+        // Residuals in chips: project, compare, convert px → chips by the local scale.
+        let px_per_chip = psd / tsd;
+        let errs: Vec<f64> = pts
+            .iter()
+            .map(|(t, p, _)| {
+                let w = h[6] * t[0] + h[7] * t[1] + h[8];
+                let x = (h[0] * t[0] + h[1] * t[1] + h[2]) / w;
+                let y = (h[3] * t[0] + h[4] * t[1] + h[5]) / w;
+                ((x - p[0]).powi(2) + (y - p[1]).powi(2)).sqrt() / px_per_chip
+            })
+            .collect();
+        let (worst, &err) = errs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+        if err <= 1.0 {
+            return Some(h);
+        }
+        pts.remove(worst);
+    }
+}
+
+/// Gaussian elimination with partial pivoting on an 8×8 system.
+fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8]) -> Option<[f64; 8]> {
+    for col in 0..8 {
+        let pivot = (col..8).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..8 {
+            let f = a[row][col] / a[col][col];
+            for k in col..8 {
+                a[row][k] -= f * a[col][k];
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = [0.0f64; 8];
+    for row in (0..8).rev() {
+        let s: f64 = (row + 1..8).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    Some(x)
+}
+
+fn mul3(a: &[f64; 9], b: &[f64; 9]) -> [f64; 9] {
+    let mut out = [0.0; 9];
+    for r in 0..3 {
+        for c in 0..3 {
+            out[r * 3 + c] = (0..3).map(|k| a[r * 3 + k] * b[k * 3 + c]).sum();
+        }
+    }
+    out
+}
+
+fn invert3(m: &[f64; 9]) -> Option<[f64; 9]> {
+    let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) + m[2] * (m[3] * m[7] - m[4] * m[6]);
+    if det.abs() < 1e-12 {
+        return None;
+    }
+    let inv = [
+        m[4] * m[8] - m[5] * m[7],
+        m[2] * m[7] - m[1] * m[8],
+        m[1] * m[5] - m[2] * m[4],
+        m[5] * m[6] - m[3] * m[8],
+        m[0] * m[8] - m[2] * m[6],
+        m[2] * m[3] - m[0] * m[5],
+        m[3] * m[7] - m[4] * m[6],
+        m[1] * m[6] - m[0] * m[7],
+        m[0] * m[4] - m[1] * m[3],
+    ];
+    Some(inv.map(|v| v / det))
+}
+
+fn norm2(v: [f64; 2]) -> f64 {
+    (v[0] * v[0] + v[1] * v[1]).sqrt()
 }
 
 /// Soft-decodes the serial from the data chips.
 fn decode_serial(layout: &Layout, chips: &[f32]) -> u32 {
     let mut soft = vec![0.0f32; payload::CODED_BITS];
-    for ((&i, &s), &b) in layout
-        .data_idx
-        .iter()
-        .zip(&layout.data_sign)
-        .zip(&layout.data_bit)
-    {
+    for ((&i, &s), &b) in layout.data_idx.iter().zip(&layout.data_sign).zip(&layout.data_bit) {
         soft[b as usize] += s * chips[i as usize];
     }
     // Invariant: soft has exactly CODED_BITS entries.
@@ -228,24 +441,19 @@ fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
     t.iter().map(|c| c.conj()).collect()
 }
 
-/// Folds the residual onto the tile for one lattice, then finds the flip,
-/// shift and variant whose sync chips match best, and reads every chip.
-fn read_candidate(
-    prepared: &Prepared,
-    lat: &Lattice,
-    layouts: &[Layout],
-    sync_spectra: &[Vec<Complex32>],
-) -> Option<Reading> {
-    let folded = fold(&prepared.residual, lat)?;
+/// Finds the flip, shift and variant (index into `spectra`) whose sync chips
+/// match the folded tile best. `only_dihedral` restricts the flip search.
+fn align(folded: &[f32], spectra: &[Vec<Complex32>], only_dihedral: Option<usize>) -> Option<Alignment> {
     let fft = Fft2::new(BINS, BINS);
-    let mut best: Option<(f64, u32, usize, (usize, usize))> = None;
-    for d in 0..8 {
-        let mut spec: Vec<Complex32> = dihedral(&folded, d)
-            .into_iter()
-            .map(|v| Complex32::new(v, 0.0))
-            .collect();
+    let mut best: Option<Alignment> = None;
+    let flips: Vec<usize> = match only_dihedral {
+        Some(d) => vec![d],
+        None => (0..8).collect(),
+    };
+    for d in flips {
+        let mut spec: Vec<Complex32> = dihedral(folded, d).into_iter().map(|v| Complex32::new(v, 0.0)).collect();
         fft.forward(&mut spec);
-        for (v, sync) in sync_spectra.iter().enumerate() {
+        for (v, sync) in spectra.iter().enumerate() {
             let mut corr: Vec<Complex32> = spec.iter().zip(sync).map(|(a, b)| a * b).collect();
             fft.inverse(&mut corr);
             let (mut sum, mut sum2, mut peak, mut at) = (0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize);
@@ -262,60 +470,49 @@ fn read_candidate(
             let mean = sum / n;
             let sd = (sum2 / n - mean * mean).max(1e-30).sqrt();
             let z = (f64::from(peak) - mean) / sd;
-            if best.is_none_or(|b| z > b.0) {
-                best = Some((z, v as u32, d, (at % BINS, at / BINS)));
+            if best.is_none_or(|b| z > b.sync_z) {
+                best = Some(Alignment { sync_z: z, variant: v as u32, dihedral: d, shift: (at % BINS, at / BINS) });
             }
         }
     }
-    let (_, variant, d, shift) = best?;
-    let aligned = dihedral(&folded, d);
+    best
+}
+
+/// Soft value of every chip of the issued tile (row-major), from an aligned fold.
+fn read_chips(folded: &[f32], al: &Alignment) -> Vec<f32> {
+    let aligned = dihedral(folded, al.dihedral);
     let mut chips = vec![0.0f32; CHIPS];
     for (i, chip) in chips.iter_mut().enumerate() {
         let (cx, cy) = (i % TILE, i / TILE);
         for (a, b) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-            let x = (2 * cx + a + shift.0) % BINS;
-            let y = (2 * cy + b + shift.1) % BINS;
+            let x = (2 * cx + a + al.shift.0) % BINS;
+            let y = (2 * cy + b + al.shift.1) % BINS;
             *chip += aligned[y * BINS + x];
         }
     }
-    let _ = layouts;
-    Some(Reading {
-        variant,
-        chips,
-        dihedral: d,
-        shift,
-    })
+    chips
 }
 
-/// Mean residual per half-chip bin of the tile, under the lattice's affine map.
-fn fold(residual: &Plane, lat: &Lattice) -> Option<Vec<f32>> {
-    // Chip → working px: x = (u·i + v·j)/64. Invert it.
-    let (a, b, c, d) = (
-        lat.u[0] / TILE as f64,
-        lat.v[0] / TILE as f64,
-        lat.u[1] / TILE as f64,
-        lat.v[1] / TILE as f64,
-    );
-    let det = a * d - b * c;
-    if det.abs() < 1e-9 {
-        return None;
-    }
-    let (ia, ib, ic, id) = (d / det, -b / det, -c / det, a / det);
+/// Mean residual per half-chip bin of the tile, over the whole plane.
+fn fold(residual: &Plane, frame: &Frame) -> Vec<f32> {
+    fold_rect(residual, frame, (0, 0, residual.width, residual.height))
+}
+
+/// Mean residual per half-chip bin of the tile, over the rectangle `(x0, y0, x1, y1)`.
+fn fold_rect(residual: &Plane, frame: &Frame, rect: (usize, usize, usize, usize)) -> Vec<f32> {
+    let (x0, y0, x1, y1) = rect;
     let w = residual.width;
-    let rows: Vec<(Vec<f32>, Vec<u32>)> = residual
-        .data
-        .par_chunks(w)
-        .enumerate()
+    let bins = BINS as i64;
+    let partial: Vec<(Vec<f32>, Vec<u32>)> = (y0..y1)
+        .into_par_iter()
         .fold(
             || (vec![0.0f32; BINS * BINS], vec![0u32; BINS * BINS]),
-            |(mut sum, mut cnt), (y, row)| {
+            |(mut sum, mut cnt), y| {
                 let yf = y as f64 + 0.5;
-                for (x, &r) in row.iter().enumerate() {
-                    let xf = x as f64 + 0.5;
-                    let ci = ia * xf + ib * yf;
-                    let cj = ic * xf + id * yf;
-                    let bx = ((2.0 * ci).floor() as i64).rem_euclid(BINS as i64) as usize;
-                    let by = ((2.0 * cj).floor() as i64).rem_euclid(BINS as i64) as usize;
+                for (x, &r) in residual.data[y * w + x0..y * w + x1].iter().enumerate() {
+                    let (ci, cj) = frame.map((x + x0) as f64 + 0.5, yf);
+                    let bx = ((2.0 * ci).floor() as i64).rem_euclid(bins) as usize;
+                    let by = ((2.0 * cj).floor() as i64).rem_euclid(bins) as usize;
                     sum[by * BINS + bx] += r;
                     cnt[by * BINS + bx] += 1;
                 }
@@ -325,18 +522,13 @@ fn fold(residual: &Plane, lat: &Lattice) -> Option<Vec<f32>> {
         .collect();
     let mut sum = vec![0.0f32; BINS * BINS];
     let mut cnt = vec![0u32; BINS * BINS];
-    for (s, c) in rows {
+    for (s, c) in partial {
         for i in 0..BINS * BINS {
             sum[i] += s[i];
             cnt[i] += c[i];
         }
     }
-    Some(
-        sum.iter()
-            .zip(&cnt)
-            .map(|(&s, &c)| if c > 0 { s / c as f32 } else { 0.0 })
-            .collect(),
-    )
+    sum.iter().zip(&cnt).map(|(&s, &c)| if c > 0 { s / c as f32 } else { 0.0 }).collect()
 }
 
 /// One of the eight symmetries of the square bin grid, applied to the folded tile.
@@ -358,40 +550,54 @@ fn dihedral(tile: &[f32], d: usize) -> Vec<f32> {
     out
 }
 
-/// The geometry report for a reading: the lattice composed with the flip, in leak pixels.
-fn geometry_of(lat: &Lattice, reading: &Reading, work_scale: f64) -> Geometry {
-    // Bin coordinates of the aligned tile map to folded bins through the flip;
-    // the folded bins map to working pixels through the lattice.
-    let s = 1.0 / work_scale / TILE as f64;
-    let (mut ex, mut ey) = ([1.0f64, 0.0], [0.0f64, 1.0]);
-    let d = reading.dihedral;
-    if d & 1 != 0 {
-        ex = [-ex[0], -ex[1]];
-    }
-    if d & 2 != 0 {
-        ey = [-ey[0], -ey[1]];
-    }
-    if d & 4 != 0 {
-        // The aligned grid reads folded (y, x): swap the roles of the axes.
-        (ex, ey) = ([ex[1], ex[0]], [ey[1], ey[0]]);
-    }
-    let map = |e: [f64; 2]| {
-        [
-            (lat.u[0] * e[0] + lat.v[0] * e[1]) * s,
-            (lat.u[1] * e[0] + lat.v[1] * e[1]) * s,
-        ]
+/// The geometry of a reading, in leak pixels: the local affine map at the
+/// leak's centre from the issued tile's axes, and the full homography.
+fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
+    let r = &prepared.residual;
+    let s = 1.0 / prepared.work_scale;
+    // Issued tile axis e (in aligned chips) → folded chips through the flip.
+    let d = reading.alignment.dihedral;
+    let to_folded = |e: [f64; 2]| {
+        let (mut x, mut y) = if d & 4 != 0 { (e[1], e[0]) } else { (e[0], e[1]) };
+        if d & 1 != 0 {
+            x = -x;
+        }
+        if d & 2 != 0 {
+            y = -y;
+        }
+        [x, y]
     };
-    let (ax, ay) = (map(ex), map(ey));
-    let len = |v: [f64; 2]| (v[0] * v[0] + v[1] * v[1]).sqrt();
+    let chip_to_px = invert3(&reading.frame.m).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+    let project = |c: [f64; 2]| {
+        let h = &chip_to_px;
+        let w = h[6] * c[0] + h[7] * c[1] + h[8];
+        [(h[0] * c[0] + h[1] * c[1] + h[2]) / w * s, (h[3] * c[0] + h[4] * c[1] + h[5]) / w * s]
+    };
+    let centre = reading.frame.map(r.width as f64 / 2.0, r.height as f64 / 2.0);
+    let at = |e: [f64; 2]| {
+        let f = to_folded(e);
+        let a = project([centre.0 + f[0], centre.1 + f[1]]);
+        let b = project([centre.0, centre.1]);
+        [a[0] - b[0], a[1] - b[1]]
+    };
+    let (ax, ay) = (at([1.0, 0.0]), at([0.0, 1.0]));
     let det = ax[0] * ay[1] - ax[1] * ay[0];
-    let angle_between = (ax[0] * ay[0] + ax[1] * ay[1]) / (len(ax) * len(ay));
-    let origin_bins = [reading.shift.0 as f64 / 2.0, reading.shift.1 as f64 / 2.0];
+    let cos = (ax[0] * ay[0] + ax[1] * ay[1]) / (norm2(ax) * norm2(ay));
+    // Tile origin: aligned bin `shift` is issued chip (0,0); find it in folded chips, project.
+    let (sx, sy) = (reading.alignment.shift.0 as f64 / 2.0, reading.alignment.shift.1 as f64 / 2.0);
+    let o = to_folded([sx, sy]);
+    let origin = project(o);
+    let perspective = reading.frame.m[6] != 0.0 || reading.frame.m[7] != 0.0;
     Geometry {
-        px_per_chip: [len(ax), len(ay)],
+        px_per_chip: [norm2(ax), norm2(ay)],
         rotation_deg: (-ax[1]).atan2(ax[0]).to_degrees(),
         mirrored: det < 0.0,
-        shear_deg: angle_between.clamp(-1.0, 1.0).acos().to_degrees() - 90.0,
-        origin_px: map([origin_bins[0], origin_bins[1]]).map(|v| v * TILE as f64 / TILE as f64),
+        shear_deg: cos.clamp(-1.0, 1.0).acos().to_degrees() - 90.0,
+        origin_px: origin,
         chip_to_leak: [ax[0], ay[0], ax[1], ay[1]],
+        homography: perspective.then(|| {
+            let sc = [s, 0.0, 0.0, 0.0, s, 0.0, 0.0, 0.0, 1.0];
+            mul3(&sc, &chip_to_px)
+        }),
     }
 }

@@ -1,0 +1,166 @@
+//! The command line, as clap derive types.
+//!
+//! Only the shape of the arguments lives here: defaults that come from the
+//! environment (`LEAKMARK_KEY`, `LEAKMARK_LEDGER`) are resolved in
+//! [`super::Context`], so that every command finds the key and the ledger the
+//! same way.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit statuses, shown under every `--help`.
+const EXIT_STATUS: &str = "\
+Exit status (like grep):
+  0  success; for detect and trace: a mark was found in at least one input
+  1  detect and trace only: no mark was found in any input
+  2  an error occurred (for detect and trace: any input could not be read,
+     even if a mark was found in another one)
+
+Environment:
+  LEAKMARK_KEY     key file used when --key is not given
+  LEAKMARK_LEDGER  ledger used when --ledger is not given (else ./leakmark.db)";
+
+/// Give every recipient of a design draft its own invisibly watermarked
+/// copy, keep a ledger of who got which copy, and trace a leaked picture
+/// back to the recipient and its parent in the supplier tree.
+#[derive(Debug, Parser)]
+#[command(name = "leakmark", version, after_help = EXIT_STATUS, propagate_version = true)]
+pub struct Cli {
+    /// The secret key file [default: $LEAKMARK_KEY].
+    #[arg(long, global = true, value_name = "KEYFILE")]
+    pub key: Option<PathBuf>,
+
+    /// The ledger file [default: $LEAKMARK_LEDGER, else leakmark.db in the
+    /// current folder].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
+
+    /// Refuse images with more pixels than this (protects against
+    /// decompression bombs) [default: 100000000].
+    #[arg(long, global = true, value_name = "PIXELS")]
+    pub max_pixels: Option<u64>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new secret key file (mode 0600; an existing file is never overwritten).
+    #[command(after_help = EXIT_STATUS)]
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, value_name = "KEYFILE")]
+        out: PathBuf,
+    },
+
+    /// Mark one image with a payload number, without a ledger.
+    #[command(after_help = EXIT_STATUS)]
+    Embed {
+        /// The number to hide, 0 <= N < 2^32.
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        payload: String,
+        /// The original image (never modified).
+        input: PathBuf,
+        /// Where to write the marked copy (.png, .jpg, .tif or .webp).
+        output: PathBuf,
+    },
+
+    /// Look for a mark in images (blind: key only, no ledger), in parallel.
+    #[command(after_help = EXIT_STATUS)]
+    Detect {
+        /// Print one JSON object per input per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Images, or folders searched for images.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+    },
+
+    /// Create or inspect a ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+
+    /// Manage the supplier tree kept in the ledger.
+    #[command(subcommand)]
+    Supplier(SupplierCommand),
+
+    /// Issue marked copies of documents to suppliers, recorded in the ledger.
+    #[command(after_help = EXIT_STATUS)]
+    Issue(IssueArgs),
+
+    /// Trace leaked images back to the copy, its recipient and the
+    /// recipient's chain up the supplier tree.
+    #[command(after_help = EXIT_STATUS)]
+    Trace {
+        /// Print one JSON object per leak per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Leaked images, or folders searched for images.
+        #[arg(required = true, value_name = "LEAK")]
+        inputs: Vec<PathBuf>,
+    },
+}
+
+/// `leakmark ledger ...`
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Create a new, empty ledger bound to the key given with --key.
+    #[command(after_help = EXIT_STATUS)]
+    Init {
+        /// Where to create it [default: --ledger, $LEAKMARK_LEDGER, else ./leakmark.db].
+        #[arg(value_name = "LEDGER")]
+        path: Option<PathBuf>,
+    },
+}
+
+/// `leakmark supplier ...`
+#[derive(Debug, Subcommand)]
+pub enum SupplierCommand {
+    /// Add a supplier, as a tier-one or under a parent.
+    #[command(after_help = EXIT_STATUS)]
+    Add {
+        /// Its unique name.
+        name: String,
+        /// The supplier it works for (leave out for a tier-one).
+        #[arg(long, value_name = "NAME")]
+        parent: Option<String>,
+        /// Who to contact there (e-mail, person).
+        #[arg(long, value_name = "TEXT")]
+        contact: Option<String>,
+    },
+    /// Add or update suppliers from a CSV file with the header `name,parent,contact`.
+    #[command(after_help = EXIT_STATUS)]
+    Import {
+        /// The CSV file.
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
+    },
+    /// Print the supplier tree.
+    #[command(after_help = EXIT_STATUS)]
+    List,
+}
+
+/// `leakmark issue ...`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("recipients").required(true).args(["to", "all"])))]
+pub struct IssueArgs {
+    /// The original drafts to issue (never modified).
+    #[arg(required = true, value_name = "DOC")]
+    pub docs: Vec<PathBuf>,
+
+    /// Recipients, by supplier name (repeat, or list several after one --to).
+    #[arg(long, num_args = 1.., value_name = "SUPPLIER")]
+    pub to: Vec<String>,
+
+    /// Issue to every supplier in the ledger.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Folder for the copies: DIR/<recipient>/<document file name>.
+    #[arg(long, value_name = "DIR", default_value = "issued")]
+    pub out: PathBuf,
+}

@@ -1,0 +1,10 @@
+//! One file per command. Each `run` returns a [`super::Status`] or the
+//! error that stopped it.
+
+pub mod detect;
+pub mod embed;
+pub mod issue;
+pub mod keygen;
+pub mod ledger;
+pub mod supplier;
+pub mod trace;

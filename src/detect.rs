@@ -164,10 +164,15 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
 
     // Every lattice gives a global reading, and a perspective-refined one when its sync is clear.
-    let readings: Vec<Reading> = lattices
+    let mut readings: Vec<Reading> = lattices
         .par_iter()
         .flat_map_iter(|lat| readings_for(&prepared, lat, &spectra))
         .collect();
+    if readings.iter().all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z) {
+        // Nothing aligned: under strong perspective the global autocorrelation
+        // is smeared, but the centre of the leak still has a clean local lattice.
+        readings.extend(perspective_readings(&prepared, &spectra));
+    }
     none.candidates = readings.len();
     if readings.is_empty() {
         return none;
@@ -244,9 +249,124 @@ fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) 
 /// Perspective refinement rounds per lattice (each adds one charged hypothesis).
 const REFINE_ROUNDS: usize = 2;
 /// Global sync evidence needed before refining: below it the variant and flip are guesses.
-const REFINE_MIN_SYNC_Z: f64 = 4.5;
+const REFINE_MIN_SYNC_Z: f64 = 6.5;
 /// Local sync evidence for a window to take part in the homography fit.
 const WINDOW_MIN_SYNC_Z: f64 = 4.0;
+
+/// A frame for a leak under strong perspective: each window of a grid gets
+/// its own lattice from its own autocorrelation and an affine frame that
+/// agrees with the global one at the window's centre; the central window is
+/// aligned with a full search (variant, flip, shift), the others with its
+/// variant and flip; a homography is fitted to their offsets.
+fn local_start(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>], tile_px: f64) -> Option<Reading> {
+    let r = &prepared.residual;
+    let (w, h) = (r.width as f64, r.height as f64);
+    let n = ((w.min(h) / (1.5 * tile_px)).round() as usize).clamp(2, 4);
+    let (win_w, win_h) = (w / n as f64 * 1.5, h / n as f64 * 1.5);
+    let global = Frame::from_lattice(lat)?;
+    let windows: Vec<(f64, f64, (usize, usize, usize, usize))> = (0..n)
+        .flat_map(|j| (0..n).map(move |i| ((i as f64 + 0.5) * w / n as f64, (j as f64 + 0.5) * h / n as f64)))
+        .map(|(cx, cy)| {
+            let x0 = (cx - win_w / 2.0).max(0.0) as usize;
+            let y0 = (cy - win_h / 2.0).max(0.0) as usize;
+            let x1 = ((cx + win_w / 2.0) as usize).min(r.width);
+            let y1 = ((cy + win_h / 2.0) as usize).min(r.height);
+            (cx, cy, (x0, y0, x1, y1))
+        })
+        .collect();
+    // Local folds under local affine frames anchored to the global frame at each centre.
+    let folds: Vec<Option<Vec<f32>>> = windows
+        .par_iter()
+        .map(|&(cx, cy, rect)| {
+            let local = sync::local_lattice(prepared, rect, lat)?;
+            let affine = Frame::from_lattice(&local)?;
+            let (gi, gj) = global.map(cx, cy);
+            let (li, lj) = affine.map(cx, cy);
+            let mut m = affine.m;
+            m[2] += gi - li;
+            m[5] += gj - lj;
+            Some(fold_rect(r, &Frame { m }, rect))
+        })
+        .collect();
+    let centre = (0..windows.len())
+        .filter(|&i| folds[i].is_some())
+        .min_by(|&a, &b| {
+            let d = |i: usize| (windows[i].0 - w / 2.0).powi(2) + (windows[i].1 - h / 2.0).powi(2);
+            d(a).total_cmp(&d(b))
+        })?;
+    let anchor = align(folds[centre].as_ref()?, spectra, None)?;
+    if anchor.sync_z < REFINE_MIN_SYNC_Z {
+        return None;
+    }
+    let spectrum = &spectra[anchor.variant as usize..=anchor.variant as usize];
+    let matches: Vec<([f64; 2], [f64; 2], f64)> = windows
+        .iter()
+        .zip(&folds)
+        .filter_map(|(&(cx, cy, _), f)| {
+            let la = align(f.as_ref()?, spectrum, Some(anchor.dihedral))?;
+            if la.sync_z < WINDOW_MIN_SYNC_Z {
+                return None;
+            }
+            let (fx, fy) = folded_offset(la.shift, anchor.shift, anchor.dihedral);
+            let (ci, cj) = global.map(cx, cy);
+            Some(([ci - fx / 2.0, cj - fy / 2.0], [cx, cy], la.sync_z))
+        })
+        .collect();
+    let frame = Frame { m: invert3(&fit_homography(&matches)?)? };
+    let mut alignment = align(&fold(r, &frame), spectrum, Some(anchor.dihedral))?;
+    alignment.variant = anchor.variant;
+    Some(Reading { frame, alignment })
+}
+
+/// Readings started from the lattice of the leak's central region (half its
+/// width and height), for leaks whose global lattice is smeared by perspective.
+fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<Reading> {
+    let r = &prepared.residual;
+    let (x0, y0) = (r.width / 4, r.height / 4);
+    let (x1, y1) = (x0 + r.width / 2, y0 + r.height / 2);
+    let mut data = Vec::with_capacity((x1 - x0) * (y1 - y0));
+    for y in y0..y1 {
+        data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
+    }
+    let centre = Prepared { residual: Plane { width: x1 - x0, height: y1 - y0, data }, work_scale: prepared.work_scale };
+    let lattices: Vec<Lattice> = sync::lattices(&centre).into_iter().take(PERSPECTIVE_STARTS).collect();
+    lattices
+        .par_iter()
+        .filter_map(|lat| {
+            let start = local_start(prepared, lat, spectra, norm2(lat.u).min(norm2(lat.v)))?;
+            let frame = refine(prepared, &start, spectra, norm2(lat.u).min(norm2(lat.v)))?;
+            let spectrum = &spectra[start.alignment.variant as usize..=start.alignment.variant as usize];
+            let mut alignment = align(&fold(r, &frame), spectrum, Some(start.alignment.dihedral))?;
+            alignment.variant = start.alignment.variant;
+            Some(Reading { frame, alignment })
+        })
+        .collect()
+}
+
+/// Central-region lattices tried when the global ones do not align.
+const PERSPECTIVE_STARTS: usize = 4;
+
+/// How far a window's aligned shift is from the reference shift, in folded
+/// bins: wrapped to ±half a tile, then taken back through the flip.
+fn folded_offset(shift: (usize, usize), reference: (usize, usize), dihedral: usize) -> (f64, f64) {
+    let wrap = |a: usize, b: usize| {
+        let d = (a as i64 - b as i64).rem_euclid(BINS as i64);
+        if d >= BINS as i64 / 2 {
+            (d - BINS as i64) as f64
+        } else {
+            d as f64
+        }
+    };
+    let (dx, dy) = (wrap(shift.0, reference.0), wrap(shift.1, reference.1));
+    let (mut fx, mut fy) = if dihedral & 4 != 0 { (dy, dx) } else { (dx, dy) };
+    if dihedral & 1 != 0 {
+        fx = -fx;
+    }
+    if dihedral & 2 != 0 {
+        fy = -fy;
+    }
+    (fx, fy)
+}
 
 /// Fits a homography to local offsets: a phone photo is affine only locally,
 /// so the frame is folded window by window, each window's sync shift says
@@ -275,23 +395,7 @@ fn refine(prepared: &Prepared, reading: &Reading, spectra: &[Vec<Complex32>], ti
             if la.sync_z < WINDOW_MIN_SYNC_Z {
                 return None;
             }
-            // Shift difference in aligned bins, wrapped to ±half a tile, back to folded chips.
-            let wrap = |a: usize, b: usize| {
-                let d = (a as i64 - b as i64).rem_euclid(BINS as i64);
-                if d >= BINS as i64 / 2 {
-                    d - BINS as i64
-                } else {
-                    d
-                }
-            };
-            let (dx, dy) = (wrap(la.shift.0, al.shift.0) as f64, wrap(la.shift.1, al.shift.1) as f64);
-            let (mut fx, mut fy) = if al.dihedral & 4 != 0 { (dy, dx) } else { (dx, dy) };
-            if al.dihedral & 1 != 0 {
-                fx = -fx;
-            }
-            if al.dihedral & 2 != 0 {
-                fy = -fy;
-            }
+            let (fx, fy) = folded_offset(la.shift, al.shift, al.dihedral);
             let (ci, cj) = reading.frame.map(cx, cy);
             Some(([ci - fx / 2.0, cj - fy / 2.0], [cx, cy], la.sync_z))
         })
@@ -600,4 +704,17 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
             mul3(&sc, &chip_to_px)
         }),
     }
+}
+
+/// Debug hook: the readings of every lattice (sync z, variant, flip, whether refined).
+#[doc(hidden)]
+pub fn debug_readings(key: &SecretKey, luma: &Plane) -> Vec<(f64, u32, usize, bool)> {
+    let prepared = sync::prepare(luma);
+    let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
+    let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
+    sync::lattices(&prepared)
+        .iter()
+        .flat_map(|lat| readings_for(&prepared, lat, &spectra))
+        .map(|r| (r.alignment.sync_z, r.alignment.variant, r.alignment.dihedral, r.frame.m[6] != 0.0 || r.frame.m[7] != 0.0))
+        .collect()
 }

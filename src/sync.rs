@@ -464,3 +464,55 @@ mod tests {
         assert!((norm(v) - 10.0).abs() < 1e-9);
     }
 }
+
+/// The lattice of one window of the leak, searched near `near` (the global
+/// lattice): under perspective each part of a photo has its own local affine
+/// map, which the global autocorrelation only averages. `None` when the
+/// window shows no clear peak near either basis vector.
+pub fn local_lattice(prepared: &Prepared, rect: (usize, usize, usize, usize), near: &Lattice) -> Option<Lattice> {
+    let (x0, y0, x1, y1) = rect;
+    let r = &prepared.residual;
+    let (w, h) = (x1.checked_sub(x0)?, y1.checked_sub(y0)?);
+    if w < 16 || h < 16 {
+        return None;
+    }
+    let mut data = Vec::with_capacity(w * h);
+    for y in y0..y1 {
+        data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
+    }
+    let window = Plane { width: w, height: h, data };
+    let (acf, aw, ah) = whitened_autocorrelation(&window, JPEG_BLOCK_PX * prepared.work_scale);
+    let (cx, cy) = ((aw / 2) as isize, (ah / 2) as isize);
+    let at = |x: isize, y: isize| f64::from(acf.at_clamped(cx + x, cy + y));
+    // Best sub-pixel peak within 15 % of the predicted vector.
+    let find = |p: [f64; 2]| -> Option<[f64; 2]> {
+        let radius = (0.15 * norm(p)).ceil() as isize;
+        let (px, py) = (p[0].round() as isize, p[1].round() as isize);
+        let (mut bx, mut by, mut best) = (px, py, f64::NEG_INFINITY);
+        for dy in -radius..=radius {
+            for dx in -radius..=radius {
+                let v = at(px + dx, py + dy);
+                if v > best {
+                    (bx, by, best) = (px + dx, py + dy, v);
+                }
+            }
+        }
+        if best <= 0.0 || bx.unsigned_abs() * 2 >= w || by.unsigned_abs() * 2 >= h {
+            return None;
+        }
+        let sub = |m: f64, c: f64, p: f64| {
+            let den = m - 2.0 * c + p;
+            if den < 0.0 {
+                (0.5 * (m - p) / den).clamp(-0.5, 0.5)
+            } else {
+                0.0
+            }
+        };
+        let ox = sub(at(bx - 1, by), best, at(bx + 1, by));
+        let oy = sub(at(bx, by - 1), best, at(bx, by + 1));
+        Some([bx as f64 + ox, by as f64 + oy])
+    };
+    let u = find(near.u)?;
+    let v = find(near.v)?;
+    Some(Lattice { u, v, score: 0.0 })
+}

@@ -62,7 +62,7 @@ pub fn prepare(luma: &Plane) -> Prepared {
     } else {
         (luma.clone(), 1.0)
     };
-    let smooth = work.box_mean(1);
+    let smooth = work.box_mean(2);
     let detail: Vec<f32> = work
         .data
         .iter()
@@ -306,7 +306,7 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
     // A host periodicity can make a finer lattice (the tile is a sub-lattice
     // of it) or a blurred leak a coarser one (its diagonals outshine its
     // sides) score best: the index-2 neighbours of the leaders join the list.
-    let leaders: Vec<Lattice> = candidates.iter().take(2).copied().collect();
+    let leaders: Vec<Lattice> = candidates.clone();
     for lead in leaders {
         let (u, v) = (lead.u, lead.v);
         let neighbours = [
@@ -334,6 +334,7 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
             }
         }
     }
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     candidates.truncate(MAX_CANDIDATES);
     candidates
         .into_iter()

@@ -103,6 +103,56 @@ pub enum Command {
         #[arg(required = true, value_name = "LEAK")]
         inputs: Vec<PathBuf>,
     },
+
+    /// Measure how well one image keeps its mark through simulated leaks:
+    /// embed a test serial, run the attack suite, detect blind, print a table.
+    #[command(after_help = AUDIT_EXIT_STATUS)]
+    Audit(AuditArgs),
+
+    /// Run the whole story on samples/ in a scratch folder: key, ledger,
+    /// supplier tree, issue every draft to every tier-two vendor, leak one
+    /// copy as a phone photo, trace it.
+    #[command(after_help = DEMO_EXIT_STATUS)]
+    Demo {
+        /// Scratch folder (created; must be empty if it exists)
+        /// [default: a new temporary folder, kept and printed].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Exit statuses of `audit`.
+const AUDIT_EXIT_STATUS: &str = "\
+Exit status:
+  0  the audit ran (whatever the attacks did to the mark)
+  2  an error occurred (unreadable image or key, unknown attack name, ...)";
+
+/// Exit statuses of `demo`.
+const DEMO_EXIT_STATUS: &str = "\
+Exit status:
+  0  the trace named the vendor who really received the leaked copy
+  1  no mark was found in the leak
+  2  an error occurred, or the trace named someone else";
+
+/// `leakmark audit ...`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The image to audit (never modified).
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Also write DIR/marked.png, DIR/mark_strength.png and DIR/report.md.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run only these attacks of the suite, by name (comma-separated;
+    /// `none,jpeg-50`); the table lists every name without it.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub attacks: Vec<String>,
 }
 
 /// `leakmark ledger ...`

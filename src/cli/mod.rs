@@ -68,6 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Supplier(cmd) => commands::supplier::run(&ctx, cmd),
         Command::Issue(args) => commands::issue::run(&ctx, &args),
         Command::Trace { json, inputs } => commands::trace::run(&ctx, &inputs, json),
+        Command::Audit(args) => commands::audit::run(&ctx, &args),
+        Command::Demo { dir } => commands::demo::run(&ctx, dir.as_deref()),
     }
 }
 

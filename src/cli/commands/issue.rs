@@ -24,6 +24,13 @@ use crate::cli::{key_and_ledger, Context, Status};
 
 /// Issues every document to every recipient.
 pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Status> {
+    issue(ctx, args, true)
+}
+
+/// [`run`], printing one line per copy only when `per_copy_lines` is set
+/// (the summary line and errors are always printed). `demo` issues dozens
+/// of copies and shows only the summary.
+pub fn issue(ctx: &Context, args: &IssueArgs, per_copy_lines: bool) -> anyhow::Result<Status> {
     let (key, mut ledger) = key_and_ledger(ctx)?;
     let recipients = resolve_recipients(&ledger, args)?;
     let folders = recipient_folders(&recipients)?;
@@ -48,6 +55,9 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Status> {
                     ledger.mark_copy_written(copy.id, &target, &sha)?;
                 }
                 kept += 1;
+                if !per_copy_lines {
+                    continue;
+                }
                 println!(
                     "kept     {} -> {}: {} (already issued)",
                     doc.name,
@@ -94,6 +104,7 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Status> {
                 Ok(psnr_db)
             });
             match outcome {
+                Ok(_) if !per_copy_lines => written += 1,
                 Ok(psnr_db) => {
                     written += 1;
                     output::out_line(

@@ -1,6 +1,8 @@
 //! One file per command. Each `run` returns a [`super::Status`] or the
 //! error that stopped it.
 
+pub mod audit;
+pub mod demo;
 pub mod detect;
 pub mod embed;
 pub mod issue;

@@ -69,6 +69,24 @@ pub fn run(ctx: &Context, inputs: &[PathBuf], json: bool) -> anyhow::Result<Stat
     Ok(tally.status())
 }
 
+/// Traces one leak against every copy in the ledger, records the trace in
+/// the ledger, and returns the report: the same steps as `trace`, for
+/// `demo`, which needs the answer and not only its printed line.
+pub fn trace_one(
+    key: &SecretKey,
+    ledger: &mut Ledger,
+    path: &Path,
+    limits: &LoadLimits,
+) -> anyhow::Result<Report> {
+    let known = ledger.issued_copies(true)?;
+    let options = detect_options(&known);
+    let leak = output::guarded(|| trace_file(key, path, limits, &options))?;
+    let report = Report::build(ledger, leak.detection, known.len())?;
+    let recorded = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    ledger.record_trace(&recorded, &leak.sha256, &report.json(path).to_string())?;
+    Ok(report)
+}
+
 #[allow(clippy::needless_update)] // The detector may grow options; keep their defaults.
 fn detect_options(known: &[IssuedCopy]) -> DetectOptions {
     DetectOptions {
@@ -107,16 +125,17 @@ fn trace_file(
 }
 
 /// A detection joined with what the ledger knows about its serial.
-struct Report {
-    detection: Detection,
+pub struct Report {
+    /// What the detector found.
+    pub detection: Detection,
     /// The copy carrying the serial, if the ledger has it.
-    copy: Option<IssuedCopy>,
+    pub copy: Option<IssuedCopy>,
     /// The recipient and its ancestors up to the tier-one.
-    chain: Vec<Supplier>,
+    pub chain: Vec<Supplier>,
     /// Chip size of the issued copy, pixels (from the document's size).
-    issued_chip_px: Option<f64>,
+    pub issued_chip_px: Option<f64>,
     /// Copies tested as hypotheses.
-    copies_tested: usize,
+    pub copies_tested: usize,
 }
 
 impl Report {
@@ -144,7 +163,8 @@ impl Report {
         })
     }
 
-    fn chain_text(&self) -> String {
+    /// The chain as `vendor -> tier-one`.
+    pub fn chain_text(&self) -> String {
         self.chain
             .iter()
             .map(|s| s.name.as_str())
@@ -152,7 +172,8 @@ impl Report {
             .join(" -> ")
     }
 
-    fn human(&self, path: &Path) -> String {
+    /// One line for people.
+    pub fn human(&self, path: &Path) -> String {
         let d = &self.detection;
         let path = path.display();
         let p = output::format_p(d.false_alarm_probability);

@@ -89,6 +89,11 @@ pub struct Detection {
     pub too_small: bool,
 }
 
+/// A pixel rectangle `(x0, y0, x1, y1)`, end-exclusive.
+type Rect = (usize, usize, usize, usize);
+/// A correspondence: tile chip coordinates, working pixel, weight.
+type Match = ([f64; 2], [f64; 2], f64);
+
 /// Maps working pixels to folded tile coordinates (chips), projectively:
 /// `[i·w, j·w, w] = m · [x, y, 1]`. An affine frame has `m[6] = m[7] = 0`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,7 +105,17 @@ impl Frame {
     /// The affine frame of a lattice: chip → pixel is x = (u·i + v·j)/64; inverted.
     fn from_lattice(lat: &Lattice) -> Option<Frame> {
         let t = TILE as f64;
-        let chip_to_px = [lat.u[0] / t, lat.v[0] / t, 0.0, lat.u[1] / t, lat.v[1] / t, 0.0, 0.0, 0.0, 1.0];
+        let chip_to_px = [
+            lat.u[0] / t,
+            lat.v[0] / t,
+            0.0,
+            lat.u[1] / t,
+            lat.v[1] / t,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+        ];
         invert3(&chip_to_px).map(|m| Frame { m })
     }
 
@@ -108,7 +123,10 @@ impl Frame {
     fn map(&self, x: f64, y: f64) -> (f64, f64) {
         let m = &self.m;
         let w = m[6] * x + m[7] * y + m[8];
-        ((m[0] * x + m[1] * y + m[2]) / w, (m[3] * x + m[4] * y + m[5]) / w)
+        (
+            (m[0] * x + m[1] * y + m[2]) / w,
+            (m[3] * x + m[4] * y + m[5]) / w,
+        )
     }
 }
 
@@ -146,7 +164,11 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         false_alarm_probability: 1.0,
         score: 0.0,
         hypotheses: 0,
-        mode: if options.known_copies.is_empty() { "blind" } else { "ledger" },
+        mode: if options.known_copies.is_empty() {
+            "blind"
+        } else {
+            "ledger"
+        },
         geometry: None,
         candidates: 0,
         too_small: false,
@@ -168,7 +190,10 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         .par_iter()
         .flat_map_iter(|lat| readings_for(&prepared, lat, &spectra))
         .collect();
-    if readings.iter().all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z) {
+    if readings
+        .iter()
+        .all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z)
+    {
         // Nothing aligned: under strong perspective the global autocorrelation
         // is smeared, but the centre of the leak still has a clean local lattice.
         readings.extend(perspective_readings(&prepared, &spectra));
@@ -184,12 +209,26 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         .map(|r| {
             let layout = &layouts[r.alignment.variant as usize];
             let chips = read_chips(&fold(&prepared.residual, &r.frame), &r.alignment);
-            let verify: Vec<f32> = layout.verify_idx.iter().map(|&i| chips[i as usize]).collect();
+            let verify: Vec<f32> = layout
+                .verify_idx
+                .iter()
+                .map(|&i| chips[i as usize])
+                .collect();
             let serial = decode_serial(layout, &chips);
-            let z = stats::normalized_correlation(&Layout::verify_signs(key, layout.variant, serial), &verify);
+            let z = stats::normalized_correlation(
+                &Layout::verify_signs(key, layout.variant, serial),
+                &verify,
+            );
             let mut best = (z, serial, "blind");
-            for copy in options.known_copies.iter().filter(|c| c.variant == layout.variant) {
-                let z = stats::normalized_correlation(&Layout::verify_signs(key, copy.variant, copy.serial), &verify);
+            for copy in options
+                .known_copies
+                .iter()
+                .filter(|c| c.variant == layout.variant)
+            {
+                let z = stats::normalized_correlation(
+                    &Layout::verify_signs(key, copy.variant, copy.serial),
+                    &verify,
+                );
                 if z > best.0 {
                     best = (z, copy.serial, "ledger");
                 }
@@ -205,6 +244,12 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         .enumerate()
         .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(b.0.cmp(&a.0)))
         .expect("readings is not empty");
+    // A serial the ledger issued is a ledger-informed finding, whichever path found it first.
+    let mode = if options.known_copies.iter().any(|c| c.serial == serial) {
+        "ledger"
+    } else {
+        mode
+    };
     let p = stats::false_alarm(z, hypotheses);
     let detected = p <= stats::REPORT_THRESHOLD;
     let reading = &readings[best_index];
@@ -224,8 +269,12 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
 
 /// The readings of one lattice: global, then up to two perspective refinements.
 fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) -> Vec<Reading> {
-    let Some(frame) = Frame::from_lattice(lat) else { return Vec::new() };
-    let Some(alignment) = align(&fold(&prepared.residual, &frame), spectra, None) else { return Vec::new() };
+    let Some(frame) = Frame::from_lattice(lat) else {
+        return Vec::new();
+    };
+    let Some(alignment) = align(&fold(&prepared.residual, &frame), spectra, None) else {
+        return Vec::new();
+    };
     let mut out = vec![Reading { frame, alignment }];
     let tile_px = norm2(lat.u).min(norm2(lat.v));
     let mut current = out[0];
@@ -233,10 +282,16 @@ fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) 
         if current.alignment.sync_z < REFINE_MIN_SYNC_Z {
             break;
         }
-        let Some(frame) = refine(prepared, &current, spectra, tile_px) else { break };
-        let spectrum = &spectra[current.alignment.variant as usize..=current.alignment.variant as usize];
-        let Some(mut alignment) = align(&fold(&prepared.residual, &frame), spectrum, Some(current.alignment.dihedral))
-        else {
+        let Some(frame) = refine(prepared, &current, spectra, tile_px) else {
+            break;
+        };
+        let spectrum =
+            &spectra[current.alignment.variant as usize..=current.alignment.variant as usize];
+        let Some(mut alignment) = align(
+            &fold(&prepared.residual, &frame),
+            spectrum,
+            Some(current.alignment.dihedral),
+        ) else {
             break;
         };
         alignment.variant = current.alignment.variant;
@@ -258,14 +313,26 @@ const WINDOW_MIN_SYNC_Z: f64 = 4.0;
 /// agrees with the global one at the window's centre; the central window is
 /// aligned with a full search (variant, flip, shift), the others with its
 /// variant and flip; a homography is fitted to their offsets.
-fn local_start(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>], tile_px: f64) -> Option<Reading> {
+fn local_start(
+    prepared: &Prepared,
+    lat: &Lattice,
+    spectra: &[Vec<Complex32>],
+    tile_px: f64,
+) -> Option<Reading> {
     let r = &prepared.residual;
     let (w, h) = (r.width as f64, r.height as f64);
     let n = ((w.min(h) / (1.5 * tile_px)).round() as usize).clamp(2, 4);
     let (win_w, win_h) = (w / n as f64 * 1.5, h / n as f64 * 1.5);
     let global = Frame::from_lattice(lat)?;
-    let windows: Vec<(f64, f64, (usize, usize, usize, usize))> = (0..n)
-        .flat_map(|j| (0..n).map(move |i| ((i as f64 + 0.5) * w / n as f64, (j as f64 + 0.5) * h / n as f64)))
+    let windows: Vec<(f64, f64, Rect)> = (0..n)
+        .flat_map(|j| {
+            (0..n).map(move |i| {
+                (
+                    (i as f64 + 0.5) * w / n as f64,
+                    (j as f64 + 0.5) * h / n as f64,
+                )
+            })
+        })
         .map(|(cx, cy)| {
             let x0 = (cx - win_w / 2.0).max(0.0) as usize;
             let y0 = (cy - win_h / 2.0).max(0.0) as usize;
@@ -299,7 +366,7 @@ fn local_start(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>], t
         return None;
     }
     let spectrum = &spectra[anchor.variant as usize..=anchor.variant as usize];
-    let matches: Vec<([f64; 2], [f64; 2], f64)> = windows
+    let matches: Vec<Match> = windows
         .iter()
         .zip(&folds)
         .filter_map(|(&(cx, cy, _), f)| {
@@ -312,7 +379,9 @@ fn local_start(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>], t
             Some(([ci - fx / 2.0, cj - fy / 2.0], [cx, cy], la.sync_z))
         })
         .collect();
-    let frame = Frame { m: invert3(&fit_homography(&matches)?)? };
+    let frame = Frame {
+        m: invert3(&fit_homography(&matches)?)?,
+    };
     let mut alignment = align(&fold(r, &frame), spectrum, Some(anchor.dihedral))?;
     alignment.variant = anchor.variant;
     Some(Reading { frame, alignment })
@@ -328,14 +397,25 @@ fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<
     for y in y0..y1 {
         data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
     }
-    let centre = Prepared { residual: Plane { width: x1 - x0, height: y1 - y0, data }, work_scale: prepared.work_scale };
-    let lattices: Vec<Lattice> = sync::lattices(&centre).into_iter().take(PERSPECTIVE_STARTS).collect();
+    let centre = Prepared {
+        residual: Plane {
+            width: x1 - x0,
+            height: y1 - y0,
+            data,
+        },
+        work_scale: prepared.work_scale,
+    };
+    let lattices: Vec<Lattice> = sync::lattices(&centre)
+        .into_iter()
+        .take(PERSPECTIVE_STARTS)
+        .collect();
     lattices
         .par_iter()
         .filter_map(|lat| {
             let start = local_start(prepared, lat, spectra, norm2(lat.u).min(norm2(lat.v)))?;
             let frame = refine(prepared, &start, spectra, norm2(lat.u).min(norm2(lat.v)))?;
-            let spectrum = &spectra[start.alignment.variant as usize..=start.alignment.variant as usize];
+            let spectrum =
+                &spectra[start.alignment.variant as usize..=start.alignment.variant as usize];
             let mut alignment = align(&fold(r, &frame), spectrum, Some(start.alignment.dihedral))?;
             alignment.variant = start.alignment.variant;
             Some(Reading { frame, alignment })
@@ -358,7 +438,11 @@ fn folded_offset(shift: (usize, usize), reference: (usize, usize), dihedral: usi
         }
     };
     let (dx, dy) = (wrap(shift.0, reference.0), wrap(shift.1, reference.1));
-    let (mut fx, mut fy) = if dihedral & 4 != 0 { (dy, dx) } else { (dx, dy) };
+    let (mut fx, mut fy) = if dihedral & 4 != 0 {
+        (dy, dx)
+    } else {
+        (dx, dy)
+    };
     if dihedral & 1 != 0 {
         fx = -fx;
     }
@@ -373,7 +457,12 @@ fn folded_offset(shift: (usize, usize), reference: (usize, usize), dihedral: usi
 /// how far its part of the leak is from where the current frame puts it, and
 /// a projective map is fitted to those correspondences. Uses sync chips only,
 /// so the verify statistic stays independent of the choice.
-fn refine(prepared: &Prepared, reading: &Reading, spectra: &[Vec<Complex32>], tile_px: f64) -> Option<Frame> {
+fn refine(
+    prepared: &Prepared,
+    reading: &Reading,
+    spectra: &[Vec<Complex32>],
+    tile_px: f64,
+) -> Option<Frame> {
     let r = &prepared.residual;
     let (w, h) = (r.width as f64, r.height as f64);
     let nx = ((w / tile_px).round() as usize).clamp(2, 6);
@@ -381,9 +470,17 @@ fn refine(prepared: &Prepared, reading: &Reading, spectra: &[Vec<Complex32>], ti
     let (win_w, win_h) = (w / nx as f64 * 1.6, h / ny as f64 * 1.6);
     let al = reading.alignment;
     let spectrum = &spectra[al.variant as usize..=al.variant as usize];
-    let windows: Vec<(f64, f64)> =
-        (0..ny).flat_map(|j| (0..nx).map(move |i| ((i as f64 + 0.5) * w / nx as f64, (j as f64 + 0.5) * h / ny as f64))).collect();
-    let matches: Vec<([f64; 2], [f64; 2], f64)> = windows
+    let windows: Vec<(f64, f64)> = (0..ny)
+        .flat_map(|j| {
+            (0..nx).map(move |i| {
+                (
+                    (i as f64 + 0.5) * w / nx as f64,
+                    (j as f64 + 0.5) * h / ny as f64,
+                )
+            })
+        })
+        .collect();
+    let matches: Vec<Match> = windows
         .par_iter()
         .filter_map(|&(cx, cy)| {
             let x0 = (cx - win_w / 2.0).max(0.0) as usize;
@@ -406,18 +503,24 @@ fn refine(prepared: &Prepared, reading: &Reading, spectra: &[Vec<Complex32>], ti
 
 /// Weighted least-squares homography (chip → pixel) from correspondences,
 /// with the worst outlier dropped while any is off by more than a chip.
-fn fit_homography(matches: &[([f64; 2], [f64; 2], f64)]) -> Option<[f64; 9]> {
-    let mut pts: Vec<([f64; 2], [f64; 2], f64)> = matches.to_vec();
+fn fit_homography(matches: &[Match]) -> Option<[f64; 9]> {
+    let mut pts: Vec<Match> = matches.to_vec();
     loop {
         if pts.len() < 5 {
             return None;
         }
         // Normalise both point sets for conditioning.
-        let norm_of = |sel: &dyn Fn(&([f64; 2], [f64; 2], f64)) -> [f64; 2]| {
+        let norm_of = |sel: &dyn Fn(&Match) -> [f64; 2]| {
             let n = pts.len() as f64;
             let mx = pts.iter().map(|p| sel(p)[0]).sum::<f64>() / n;
             let my = pts.iter().map(|p| sel(p)[1]).sum::<f64>() / n;
-            let sd = (pts.iter().map(|p| (sel(p)[0] - mx).powi(2) + (sel(p)[1] - my).powi(2)).sum::<f64>() / n).sqrt().max(1e-9);
+            let sd = (pts
+                .iter()
+                .map(|p| (sel(p)[0] - mx).powi(2) + (sel(p)[1] - my).powi(2))
+                .sum::<f64>()
+                / n)
+                .sqrt()
+                .max(1e-9);
             (mx, my, sd)
         };
         let (tmx, tmy, tsd) = norm_of(&|p| p.0);
@@ -442,7 +545,17 @@ fn fit_homography(matches: &[([f64; 2], [f64; 2], f64)]) -> Option<[f64; 9]> {
         let hn = solve8(ata, atb)?;
         // Undo the normalisation: H = Np⁻¹ · Hn · Nt.
         let hn = [hn[0], hn[1], hn[2], hn[3], hn[4], hn[5], hn[6], hn[7], 1.0];
-        let nt = [1.0 / tsd, 0.0, -tmx / tsd, 0.0, 1.0 / tsd, -tmy / tsd, 0.0, 0.0, 1.0];
+        let nt = [
+            1.0 / tsd,
+            0.0,
+            -tmx / tsd,
+            0.0,
+            1.0 / tsd,
+            -tmy / tsd,
+            0.0,
+            0.0,
+            1.0,
+        ];
         let np_inv = [psd, 0.0, pmx, 0.0, psd, pmy, 0.0, 0.0, 1.0];
         let h = mul3(&np_inv, &mul3(&hn, &nt));
         // Residuals in chips: project, compare, convert px → chips by the local scale.
@@ -475,8 +588,9 @@ fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8]) -> Option<[f64; 8]> {
         b.swap(col, pivot);
         for row in col + 1..8 {
             let f = a[row][col] / a[col][col];
-            for k in col..8 {
-                a[row][k] -= f * a[col][k];
+            let pivot_row = a[col];
+            for (x, p) in a[row].iter_mut().zip(pivot_row).skip(col) {
+                *x -= f * p;
             }
             b[row] -= f * b[col];
         }
@@ -500,7 +614,8 @@ fn mul3(a: &[f64; 9], b: &[f64; 9]) -> [f64; 9] {
 }
 
 fn invert3(m: &[f64; 9]) -> Option<[f64; 9]> {
-    let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) + m[2] * (m[3] * m[7] - m[4] * m[6]);
+    let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6])
+        + m[2] * (m[3] * m[7] - m[4] * m[6]);
     if det.abs() < 1e-12 {
         return None;
     }
@@ -525,7 +640,12 @@ fn norm2(v: [f64; 2]) -> f64 {
 /// Soft-decodes the serial from the data chips.
 fn decode_serial(layout: &Layout, chips: &[f32]) -> u32 {
     let mut soft = vec![0.0f32; payload::CODED_BITS];
-    for ((&i, &s), &b) in layout.data_idx.iter().zip(&layout.data_sign).zip(&layout.data_bit) {
+    for ((&i, &s), &b) in layout
+        .data_idx
+        .iter()
+        .zip(&layout.data_sign)
+        .zip(&layout.data_bit)
+    {
         soft[b as usize] += s * chips[i as usize];
     }
     // Invariant: soft has exactly CODED_BITS entries.
@@ -547,7 +667,11 @@ fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
 
 /// Finds the flip, shift and variant (index into `spectra`) whose sync chips
 /// match the folded tile best. `only_dihedral` restricts the flip search.
-fn align(folded: &[f32], spectra: &[Vec<Complex32>], only_dihedral: Option<usize>) -> Option<Alignment> {
+fn align(
+    folded: &[f32],
+    spectra: &[Vec<Complex32>],
+    only_dihedral: Option<usize>,
+) -> Option<Alignment> {
     let fft = Fft2::new(BINS, BINS);
     let mut best: Option<Alignment> = None;
     let flips: Vec<usize> = match only_dihedral {
@@ -555,7 +679,10 @@ fn align(folded: &[f32], spectra: &[Vec<Complex32>], only_dihedral: Option<usize
         None => (0..8).collect(),
     };
     for d in flips {
-        let mut spec: Vec<Complex32> = dihedral(folded, d).into_iter().map(|v| Complex32::new(v, 0.0)).collect();
+        let mut spec: Vec<Complex32> = dihedral(folded, d)
+            .into_iter()
+            .map(|v| Complex32::new(v, 0.0))
+            .collect();
         fft.forward(&mut spec);
         for (v, sync) in spectra.iter().enumerate() {
             let mut corr: Vec<Complex32> = spec.iter().zip(sync).map(|(a, b)| a * b).collect();
@@ -575,7 +702,12 @@ fn align(folded: &[f32], spectra: &[Vec<Complex32>], only_dihedral: Option<usize
             let sd = (sum2 / n - mean * mean).max(1e-30).sqrt();
             let z = (f64::from(peak) - mean) / sd;
             if best.is_none_or(|b| z > b.sync_z) {
-                best = Some(Alignment { sync_z: z, variant: v as u32, dihedral: d, shift: (at % BINS, at / BINS) });
+                best = Some(Alignment {
+                    sync_z: z,
+                    variant: v as u32,
+                    dihedral: d,
+                    shift: (at % BINS, at / BINS),
+                });
             }
         }
     }
@@ -603,7 +735,7 @@ fn fold(residual: &Plane, frame: &Frame) -> Vec<f32> {
 }
 
 /// Mean residual per half-chip bin of the tile, over the rectangle `(x0, y0, x1, y1)`.
-fn fold_rect(residual: &Plane, frame: &Frame, rect: (usize, usize, usize, usize)) -> Vec<f32> {
+fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
     let (x0, y0, x1, y1) = rect;
     let w = residual.width;
     let bins = BINS as i64;
@@ -632,7 +764,10 @@ fn fold_rect(residual: &Plane, frame: &Frame, rect: (usize, usize, usize, usize)
             cnt[i] += c[i];
         }
     }
-    sum.iter().zip(&cnt).map(|(&s, &c)| if c > 0 { s / c as f32 } else { 0.0 }).collect()
+    sum.iter()
+        .zip(&cnt)
+        .map(|(&s, &c)| if c > 0 { s / c as f32 } else { 0.0 })
+        .collect()
 }
 
 /// One of the eight symmetries of the square bin grid, applied to the folded tile.
@@ -662,7 +797,11 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
     // Issued tile axis e (in aligned chips) → folded chips through the flip.
     let d = reading.alignment.dihedral;
     let to_folded = |e: [f64; 2]| {
-        let (mut x, mut y) = if d & 4 != 0 { (e[1], e[0]) } else { (e[0], e[1]) };
+        let (mut x, mut y) = if d & 4 != 0 {
+            (e[1], e[0])
+        } else {
+            (e[0], e[1])
+        };
         if d & 1 != 0 {
             x = -x;
         }
@@ -671,13 +810,19 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
         }
         [x, y]
     };
-    let chip_to_px = invert3(&reading.frame.m).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+    let chip_to_px =
+        invert3(&reading.frame.m).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
     let project = |c: [f64; 2]| {
         let h = &chip_to_px;
         let w = h[6] * c[0] + h[7] * c[1] + h[8];
-        [(h[0] * c[0] + h[1] * c[1] + h[2]) / w * s, (h[3] * c[0] + h[4] * c[1] + h[5]) / w * s]
+        [
+            (h[0] * c[0] + h[1] * c[1] + h[2]) / w * s,
+            (h[3] * c[0] + h[4] * c[1] + h[5]) / w * s,
+        ]
     };
-    let centre = reading.frame.map(r.width as f64 / 2.0, r.height as f64 / 2.0);
+    let centre = reading
+        .frame
+        .map(r.width as f64 / 2.0, r.height as f64 / 2.0);
     let at = |e: [f64; 2]| {
         let f = to_folded(e);
         let a = project([centre.0 + f[0], centre.1 + f[1]]);
@@ -688,7 +833,10 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
     let det = ax[0] * ay[1] - ax[1] * ay[0];
     let cos = (ax[0] * ay[0] + ax[1] * ay[1]) / (norm2(ax) * norm2(ay));
     // Tile origin: aligned bin `shift` is issued chip (0,0); find it in folded chips, project.
-    let (sx, sy) = (reading.alignment.shift.0 as f64 / 2.0, reading.alignment.shift.1 as f64 / 2.0);
+    let (sx, sy) = (
+        reading.alignment.shift.0 as f64 / 2.0,
+        reading.alignment.shift.1 as f64 / 2.0,
+    );
     let o = to_folded([sx, sy]);
     let origin = project(o);
     let perspective = reading.frame.m[6] != 0.0 || reading.frame.m[7] != 0.0;
@@ -715,7 +863,14 @@ pub fn debug_readings(key: &SecretKey, luma: &Plane) -> Vec<(f64, u32, usize, bo
     sync::lattices(&prepared)
         .iter()
         .flat_map(|lat| readings_for(&prepared, lat, &spectra))
-        .map(|r| (r.alignment.sync_z, r.alignment.variant, r.alignment.dihedral, r.frame.m[6] != 0.0 || r.frame.m[7] != 0.0))
+        .map(|r| {
+            (
+                r.alignment.sync_z,
+                r.alignment.variant,
+                r.alignment.dihedral,
+                r.frame.m[6] != 0.0 || r.frame.m[7] != 0.0,
+            )
+        })
         .collect()
 }
 

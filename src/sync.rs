@@ -454,23 +454,15 @@ fn scale(a: [f64; 2], s: f64) -> [f64; 2] {
     [a[0] * s, a[1] * s]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reduction_finds_the_short_basis() {
-        let (u, v) = reduce([10.0, 0.0], [31.0, 10.0]).unwrap();
-        assert!((norm(u) - 10.0).abs() < 1e-9);
-        assert!((norm(v) - 10.0).abs() < 1e-9);
-    }
-}
-
 /// The lattice of one window of the leak, searched near `near` (the global
 /// lattice): under perspective each part of a photo has its own local affine
 /// map, which the global autocorrelation only averages. `None` when the
 /// window shows no clear peak near either basis vector.
-pub fn local_lattice(prepared: &Prepared, rect: (usize, usize, usize, usize), near: &Lattice) -> Option<Lattice> {
+pub fn local_lattice(
+    prepared: &Prepared,
+    rect: (usize, usize, usize, usize),
+    near: &Lattice,
+) -> Option<Lattice> {
     let (x0, y0, x1, y1) = rect;
     let r = &prepared.residual;
     let (w, h) = (x1.checked_sub(x0)?, y1.checked_sub(y0)?);
@@ -481,7 +473,11 @@ pub fn local_lattice(prepared: &Prepared, rect: (usize, usize, usize, usize), ne
     for y in y0..y1 {
         data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
     }
-    let window = Plane { width: w, height: h, data };
+    let window = Plane {
+        width: w,
+        height: h,
+        data,
+    };
     let (acf, aw, ah) = whitened_autocorrelation(&window, JPEG_BLOCK_PX * prepared.work_scale);
     let (cx, cy) = ((aw / 2) as isize, (ah / 2) as isize);
     let at = |x: isize, y: isize| f64::from(acf.at_clamped(cx + x, cy + y));
@@ -516,4 +512,16 @@ pub fn local_lattice(prepared: &Prepared, rect: (usize, usize, usize, usize), ne
     let u = find(near.u)?;
     let v = find(near.v)?;
     Some(Lattice { u, v, score: 0.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_finds_the_short_basis() {
+        let (u, v) = reduce([10.0, 0.0], [31.0, 10.0]).unwrap();
+        assert!((norm(u) - 10.0).abs() < 1e-9);
+        assert!((norm(v) - 10.0).abs() < 1e-9);
+    }
 }

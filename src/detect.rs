@@ -23,6 +23,8 @@ use crate::plane::Plane;
 use crate::stats;
 use crate::sync::{self, Lattice, Prepared};
 
+/// Rows per parallel block when folding.
+const FOLD_ROWS: usize = 32;
 /// Folded tile side, in bins (two per chip).
 const BINS: usize = 2 * TILE;
 /// Smallest leak (short side, pixels) the detector decides on: two tiles of
@@ -739,11 +741,13 @@ fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
     let (x0, y0, x1, y1) = rect;
     let w = residual.width;
     let bins = BINS as i64;
-    let partial: Vec<(Vec<f32>, Vec<u32>)> = (y0..y1)
-        .into_par_iter()
-        .fold(
-            || (vec![0.0f32; BINS * BINS], vec![0u32; BINS * BINS]),
-            |(mut sum, mut cnt), y| {
+    // Fixed row blocks summed in order: the result is the same for any thread count.
+    let rows: Vec<usize> = (y0..y1).collect();
+    let partial: Vec<(Vec<f32>, Vec<u32>)> = rows
+        .par_chunks(FOLD_ROWS)
+        .map(|block| {
+            let (mut sum, mut cnt) = (vec![0.0f32; BINS * BINS], vec![0u32; BINS * BINS]);
+            for &y in block {
                 let yf = y as f64 + 0.5;
                 for (x, &r) in residual.data[y * w + x0..y * w + x1].iter().enumerate() {
                     let (ci, cj) = frame.map((x + x0) as f64 + 0.5, yf);
@@ -752,9 +756,9 @@ fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
                     sum[by * BINS + bx] += r;
                     cnt[by * BINS + bx] += 1;
                 }
-                (sum, cnt)
-            },
-        )
+            }
+            (sum, cnt)
+        })
         .collect();
     let mut sum = vec![0.0f32; BINS * BINS];
     let mut cnt = vec![0u32; BINS * BINS];

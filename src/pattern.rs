@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(packed, PINNED_TILE_PREFIX);
     }
 
-    const PINNED_TILE_PREFIX: u64 = 0;
+    const PINNED_TILE_PREFIX: u64 = 2936005472694759611;
 
     #[test]
     fn variants_and_serials_change_the_tile() {

@@ -187,60 +187,74 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
     let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
 
-    // Every lattice gives a global reading, and a perspective-refined one when its sync is clear.
-    let mut readings: Vec<Reading> = lattices
-        .par_iter()
-        .flat_map_iter(|lat| readings_for(&prepared, lat, &spectra))
-        .collect();
+    // Score a reading: the blind serial, then every known copy of its variant.
+    let score = |r: &Reading| -> (f64, u32, &'static str) {
+        let layout = &layouts[r.alignment.variant as usize];
+        let chips = read_chips(&fold(&prepared.residual, &r.frame), &r.alignment);
+        let verify: Vec<f32> = layout
+            .verify_idx
+            .iter()
+            .map(|&i| chips[i as usize])
+            .collect();
+        let serial = decode_serial(layout, &chips);
+        let z = stats::normalized_correlation(
+            &Layout::verify_signs(key, layout.variant, serial),
+            &verify,
+        );
+        let mut best = (z, serial, "blind");
+        for copy in options
+            .known_copies
+            .iter()
+            .filter(|c| c.variant == layout.variant)
+        {
+            let z = stats::normalized_correlation(
+                &Layout::verify_signs(key, copy.variant, copy.serial),
+                &verify,
+            );
+            if z > best.0 {
+                best = (z, copy.serial, "ledger");
+            }
+        }
+        best
+    };
+
+    // The charge is the most readings the search may ever evaluate, each
+    // testing the blind serial and every known copy: a constant, so the
+    // search may stop as soon as one reading clears the threshold.
+    let hypotheses = MAX_READINGS as u64 * (1 + options.known_copies.len() as u64);
+    let threshold = stats::threshold(stats::REPORT_THRESHOLD, hypotheses);
+    let mut readings: Vec<Reading> = Vec::new();
+    let mut scored: Vec<(f64, u32, &'static str)> = Vec::new();
+    // Lattices in order of evidence, a fixed number at a time (so the answer
+    // does not depend on the thread count); each gives a global reading and
+    // perspective-refined ones when its sync is clear.
+    for batch in lattices.chunks(LATTICES_PER_BATCH) {
+        let new: Vec<Reading> = batch
+            .par_iter()
+            .flat_map_iter(|lat| readings_for(&prepared, lat, &spectra))
+            .collect();
+        scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
+        readings.extend(new);
+        if scored.iter().any(|s| s.0 >= threshold) {
+            break;
+        }
+    }
     if readings
         .iter()
         .all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z)
     {
         // Nothing aligned: under strong perspective the global autocorrelation
         // is smeared, but the centre of the leak still has a clean local lattice.
-        readings.extend(perspective_readings(&prepared, &spectra));
+        let new = perspective_readings(&prepared, &spectra);
+        scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
+        readings.extend(new);
     }
     none.candidates = readings.len();
+    none.hypotheses = hypotheses;
     if readings.is_empty() {
         return none;
     }
 
-    // Score each reading: the blind serial, then every known copy of its variant.
-    let scored: Vec<(f64, u32, &'static str)> = readings
-        .par_iter()
-        .map(|r| {
-            let layout = &layouts[r.alignment.variant as usize];
-            let chips = read_chips(&fold(&prepared.residual, &r.frame), &r.alignment);
-            let verify: Vec<f32> = layout
-                .verify_idx
-                .iter()
-                .map(|&i| chips[i as usize])
-                .collect();
-            let serial = decode_serial(layout, &chips);
-            let z = stats::normalized_correlation(
-                &Layout::verify_signs(key, layout.variant, serial),
-                &verify,
-            );
-            let mut best = (z, serial, "blind");
-            for copy in options
-                .known_copies
-                .iter()
-                .filter(|c| c.variant == layout.variant)
-            {
-                let z = stats::normalized_correlation(
-                    &Layout::verify_signs(key, copy.variant, copy.serial),
-                    &verify,
-                );
-                if z > best.0 {
-                    best = (z, copy.serial, "ledger");
-                }
-            }
-            best
-        })
-        .collect();
-
-    // Every reading evaluated the blind serial plus each known copy: all are charged.
-    let hypotheses = readings.len() as u64 * (1 + options.known_copies.len() as u64);
     let (best_index, &(z, serial, mode)) = scored
         .iter()
         .enumerate()
@@ -302,6 +316,12 @@ fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) 
     }
     out
 }
+
+/// Lattices aligned together before checking whether one already decided.
+const LATTICES_PER_BATCH: usize = 2;
+/// The most readings one detection can evaluate: every lattice with its
+/// refinements, plus the perspective starts. This is what is charged.
+const MAX_READINGS: usize = sync::MAX_CANDIDATES * (1 + REFINE_ROUNDS) + PERSPECTIVE_STARTS;
 
 /// Perspective refinement rounds per lattice (each adds one charged hypothesis).
 const REFINE_ROUNDS: usize = 2;

@@ -57,13 +57,44 @@ impl Plane {
 
     /// Mean over a (2r+1)² box around each pixel, borders clamped (separable, O(N)).
     pub fn box_mean(&self, radius: usize) -> Plane {
-        let horizontal = box_1d_rows(&self.data, self.width, self.height, radius);
-        let transposed = transpose(&horizontal, self.width, self.height);
-        let vertical = box_1d_rows(&transposed, self.height, self.width, radius);
+        let (w, h) = (self.width, self.height);
+        let horizontal = box_1d_rows(&self.data, w, h, radius);
+        // Vertical pass from running column sums (f64, so long columns stay
+        // exact): row y of the result needs rows y−r..=y+r, the ones past an
+        // edge replaced by the edge row. No transposes: rows stay in cache.
+        let mut prefix = vec![0.0f64; w * (h + 1)];
+        for y in 0..h {
+            let (done, rest) = prefix.split_at_mut((y + 1) * w);
+            let prev = &done[y * w..];
+            for ((p, &q), &v) in rest[..w]
+                .iter_mut()
+                .zip(prev)
+                .zip(&horizontal[y * w..(y + 1) * w])
+            {
+                *p = q + f64::from(v);
+            }
+        }
+        let n = (2 * radius + 1) as f64;
+        let mut data = vec![0.0f32; w * h];
+        data.par_chunks_mut(w).enumerate().for_each(|(y, out)| {
+            let lo = y as isize - radius as isize;
+            let hi = y + radius;
+            let (below, above) = (lo.min(0).unsigned_abs(), hi.saturating_sub(h - 1));
+            let (first, last) = (lo.max(0) as usize, hi.min(h - 1));
+            let top = &prefix[first * w..(first + 1) * w];
+            let bottom = &prefix[(last + 1) * w..(last + 2) * w];
+            let (edge0, edge1) = (&horizontal[..w], &horizontal[(h - 1) * w..]);
+            for x in 0..w {
+                let sum = bottom[x] - top[x]
+                    + below as f64 * f64::from(edge0[x])
+                    + above as f64 * f64::from(edge1[x]);
+                out[x] = (sum / n) as f32;
+            }
+        });
         Plane {
-            width: self.width,
-            height: self.height,
-            data: transpose(&vertical, self.height, self.width),
+            width: w,
+            height: h,
+            data,
         }
     }
 

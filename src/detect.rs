@@ -877,39 +877,3 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
         }),
     }
 }
-
-/// Debug hook: the readings of every lattice (sync z, variant, flip, whether refined).
-#[doc(hidden)]
-pub fn debug_readings(key: &SecretKey, luma: &Plane) -> Vec<(f64, u32, usize, bool)> {
-    let prepared = sync::prepare(luma);
-    let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
-    let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
-    sync::lattices(&prepared)
-        .iter()
-        .flat_map(|lat| readings_for(&prepared, lat, &spectra))
-        .map(|r| {
-            (
-                r.alignment.sync_z,
-                r.alignment.variant,
-                r.alignment.dihedral,
-                r.frame.m[6] != 0.0 || r.frame.m[7] != 0.0,
-            )
-        })
-        .collect()
-}
-
-/// Debug hook: every lattice with its fold coherence and global sync z.
-#[doc(hidden)]
-pub fn debug_lattices(key: &SecretKey, luma: &Plane) -> Vec<(Lattice, f64, f64, u32)> {
-    let prepared = sync::prepare(luma);
-    let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
-    let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
-    sync::lattices(&prepared)
-        .into_iter()
-        .filter_map(|lat| {
-            let f = Frame::from_lattice(&lat)?;
-            let a = align(&fold(&prepared.residual, &f), &spectra, None)?;
-            Some((lat, 0.0, a.sync_z, a.variant))
-        })
-        .collect()
-}

@@ -54,7 +54,6 @@ fn averaged_pairs_name_a_colluder_and_never_an_innocent() {
             };
             let options = DetectOptions {
                 known_copies: ledger(variant, &[a, b], t),
-                ..Default::default()
             };
             let d = detect(&key, &DynamicImage::ImageRgb8(leak), &options);
             let named = d.serial.filter(|_| d.detected);
@@ -105,7 +104,6 @@ fn ledger_informed_tracing_against_blind_decoding() {
             let blind = detect(&key, &leak, &DetectOptions::default());
             let options = DetectOptions {
                 known_copies: ledger(variant, &[serial], i as u64),
-                ..Default::default()
             };
             let informed = detect(&key, &leak, &options);
             assert!(

@@ -4,6 +4,8 @@
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use rustfft::{Fft, FftPlanner};
+
+use crate::plane::transpose;
 use std::sync::Arc;
 
 /// Forward and inverse plans for one `width` × `height` size.
@@ -56,21 +58,6 @@ impl Fft2 {
         }
         data.copy_from_slice(&transpose(&t, h, w));
     }
-}
-
-fn transpose(data: &[Complex32], width: usize, height: usize) -> Vec<Complex32> {
-    let mut out = vec![Complex32::new(0.0, 0.0); data.len()];
-    const B: usize = 32;
-    for by in (0..height).step_by(B) {
-        for bx in (0..width).step_by(B) {
-            for y in by..(by + B).min(height) {
-                for x in bx..(bx + B).min(width) {
-                    out[x * height + y] = data[y * width + x];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Smallest n ≥ `min` whose only prime factors are 2, 3 and 5 (fast FFT sizes).

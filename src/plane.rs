@@ -132,8 +132,9 @@ impl Plane {
     }
 }
 
-fn transpose(data: &[f32], width: usize, height: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; data.len()];
+/// Transposes a row-major `width` × `height` buffer (blocked, cache-friendly).
+pub(crate) fn transpose<T: Copy + Default>(data: &[T], width: usize, height: usize) -> Vec<T> {
+    let mut out = vec![T::default(); data.len()];
     const B: usize = 32;
     for by in (0..height).step_by(B) {
         for bx in (0..width).step_by(B) {

@@ -378,17 +378,7 @@ fn refine(acf: &Plane, cx: isize, cy: isize, max_lag: f64, mut lat: Lattice) -> 
                 if bval <= 0.0 {
                     continue;
                 }
-                let sub = |m: f64, c: f64, p: f64| {
-                    let den = m - 2.0 * c + p;
-                    if den < 0.0 {
-                        (0.5 * (m - p) / den).clamp(-0.5, 0.5)
-                    } else {
-                        0.0
-                    }
-                };
-                let ox = sub(at(bx - 1, by), bval, at(bx + 1, by));
-                let oy = sub(at(bx, by - 1), bval, at(bx, by + 1));
-                let obs = [bx as f64 + ox, by as f64 + oy];
+                let obs = subpixel_peak(&at, bx, by);
                 let wgt = bval;
                 let (kf, lf) = (f64::from(k), f64::from(l));
                 suu += wgt * kf * kf;
@@ -410,6 +400,24 @@ fn refine(acf: &Plane, cx: isize, cy: isize, max_lag: f64, mut lat: Lattice) -> 
         }
     }
     lat
+}
+
+/// Sub-pixel position of the local maximum at (x, y): a parabola through
+/// it and its neighbours, separately along x and y.
+fn subpixel_peak(at: &impl Fn(isize, isize) -> f64, x: isize, y: isize) -> [f64; 2] {
+    let centre = at(x, y);
+    let offset = |m: f64, p: f64| {
+        let den = m - 2.0 * centre + p;
+        if den < 0.0 {
+            (0.5 * (m - p) / den).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        }
+    };
+    [
+        x as f64 + offset(at(x - 1, y), at(x + 1, y)),
+        y as f64 + offset(at(x, y - 1), at(x, y + 1)),
+    ]
 }
 
 /// Gauss–Lagrange reduction: the shortest basis of the lattice spanned by a, b.
@@ -497,17 +505,7 @@ pub fn local_lattice(
         if best <= 0.0 || bx.unsigned_abs() * 2 >= w || by.unsigned_abs() * 2 >= h {
             return None;
         }
-        let sub = |m: f64, c: f64, p: f64| {
-            let den = m - 2.0 * c + p;
-            if den < 0.0 {
-                (0.5 * (m - p) / den).clamp(-0.5, 0.5)
-            } else {
-                0.0
-            }
-        };
-        let ox = sub(at(bx - 1, by), best, at(bx + 1, by));
-        let oy = sub(at(bx, by - 1), best, at(bx, by + 1));
-        Some([bx as f64 + ox, by as f64 + oy])
+        Some(subpixel_peak(&at, bx, by))
     };
     let u = find(near.u)?;
     let v = find(near.v)?;

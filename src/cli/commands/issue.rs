@@ -83,6 +83,7 @@ pub fn issue(ctx: &Context, args: &IssueArgs, per_copy_lines: bool) -> anyhow::R
                     dir.display()
                 )
             })?;
+            remove_stale_temp_files(dir);
         }
     }
 
@@ -385,9 +386,62 @@ fn unhex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Temp files older than this are leftovers of a killed run, never a live write.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes `.leakmark-*.part` files left in `dir` by a run that was killed
+/// mid-write. Only old ones: another process issuing into the same folder
+/// right now has fresh temp files, and they are its own.
+fn remove_stale_temp_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".leakmark-") && name.ends_with(".part")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if old {
+            // Best effort: a file that cannot be removed is only clutter.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_old_temp_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".leakmark-old.part");
+        let fresh = dir.path().join(".leakmark-fresh.part");
+        let copy = dir.path().join("draft.png");
+        for p in [&old, &fresh, &copy] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for p in [&old, &copy] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        remove_stale_temp_files(dir.path());
+        assert!(!old.exists(), "a killed run's old temp file is removed");
+        assert!(fresh.exists(), "a live temp file is left to its writer");
+        assert!(copy.exists(), "issued copies are never touched");
+    }
 
     #[test]
     fn sanitize_keeps_plain_names_and_cleans_paths() {

@@ -144,11 +144,39 @@ struct Alignment {
     shift: (usize, usize),
 }
 
-/// One way of reading the leak: a frame and its alignment.
-#[derive(Clone, Copy, Debug)]
+/// One way of reading the leak: a frame, the tile it folds to, and its alignment.
+#[derive(Clone, Debug)]
 struct Reading {
     frame: Frame,
+    /// The residual folded under `frame` (kept: scoring reads its chips).
+    folded: Vec<f32>,
     alignment: Alignment,
+}
+
+/// Folds the residual under `frame` and aligns the tile: over every variant
+/// and flip, or, when `known` gives them (a refinement of an earlier
+/// reading), over the shift alone.
+fn read_frame(
+    prepared: &Prepared,
+    frame: Frame,
+    spectra: &[Vec<Complex32>],
+    known: Option<&Alignment>,
+) -> Option<Reading> {
+    let folded = fold(&prepared.residual, &frame);
+    let alignment = match known {
+        None => align(&folded, spectra, None)?,
+        Some(k) => {
+            let v = k.variant as usize;
+            let mut a = align(&folded, &spectra[v..=v], Some(k.dihedral))?;
+            a.variant = k.variant;
+            a
+        }
+    };
+    Some(Reading {
+        frame,
+        folded,
+        alignment,
+    })
 }
 
 /// Detects the mark in `image` under `key`.
@@ -190,7 +218,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     // Score a reading: the blind serial, then every known copy of its variant.
     let score = |r: &Reading| -> (f64, u32, &'static str) {
         let layout = &layouts[r.alignment.variant as usize];
-        let chips = read_chips(&fold(&prepared.residual, &r.frame), &r.alignment);
+        let chips = read_chips(&r.folded, &r.alignment);
         let verify: Vec<f32> = layout
             .verify_idx
             .iter()
@@ -288,31 +316,22 @@ fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) 
     let Some(frame) = Frame::from_lattice(lat) else {
         return Vec::new();
     };
-    let Some(alignment) = align(&fold(&prepared.residual, &frame), spectra, None) else {
+    let Some(first) = read_frame(prepared, frame, spectra, None) else {
         return Vec::new();
     };
-    let mut out = vec![Reading { frame, alignment }];
     let tile_px = norm2(lat.u).min(norm2(lat.v));
-    let mut current = out[0];
+    let mut out = vec![first];
     for _ in 0..REFINE_ROUNDS {
+        let current = out.last().expect("out starts with one reading");
         if current.alignment.sync_z < REFINE_MIN_SYNC_Z {
             break;
         }
-        let Some(frame) = refine(prepared, &current, spectra, tile_px) else {
+        let Some(next) = refine(prepared, current, spectra, tile_px)
+            .and_then(|frame| read_frame(prepared, frame, spectra, Some(&current.alignment)))
+        else {
             break;
         };
-        let spectrum =
-            &spectra[current.alignment.variant as usize..=current.alignment.variant as usize];
-        let Some(mut alignment) = align(
-            &fold(&prepared.residual, &frame),
-            spectrum,
-            Some(current.alignment.dihedral),
-        ) else {
-            break;
-        };
-        alignment.variant = current.alignment.variant;
-        current = Reading { frame, alignment };
-        out.push(current);
+        out.push(next);
     }
     out
 }
@@ -404,9 +423,7 @@ fn local_start(
     let frame = Frame {
         m: invert3(&fit_homography(&matches)?)?,
     };
-    let mut alignment = align(&fold(r, &frame), spectrum, Some(anchor.dihedral))?;
-    alignment.variant = anchor.variant;
-    Some(Reading { frame, alignment })
+    read_frame(prepared, frame, spectra, Some(&anchor))
 }
 
 /// Readings started from the lattice of the leak's central region (half its
@@ -436,11 +453,7 @@ fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<
         .filter_map(|lat| {
             let start = local_start(prepared, lat, spectra, norm2(lat.u).min(norm2(lat.v)))?;
             let frame = refine(prepared, &start, spectra, norm2(lat.u).min(norm2(lat.v)))?;
-            let spectrum =
-                &spectra[start.alignment.variant as usize..=start.alignment.variant as usize];
-            let mut alignment = align(&fold(r, &frame), spectrum, Some(start.alignment.dihedral))?;
-            alignment.variant = start.alignment.variant;
-            Some(Reading { frame, alignment })
+            read_frame(prepared, frame, spectra, Some(&start.alignment))
         })
         .collect()
 }

@@ -36,14 +36,7 @@ pub fn run(ctx: &Context, inputs: &[PathBuf], json: bool) -> anyhow::Result<Stat
                     };
                     output::out_line(&bar, &line)
                 }
-                Err(err) => {
-                    tally.failed = true;
-                    output::error_line(&bar, &err);
-                    if json {
-                        output::out_line(&bar, &error_json(path, &err).to_string())?;
-                    }
-                    Ok(())
-                }
+                Err(err) => tally.report_error(&bar, path, &err, json),
             }
         },
     )?;
@@ -70,6 +63,23 @@ impl Tally {
         } else {
             Status::NothingFound
         }
+    }
+
+    /// A file that could not be processed: counts it, prints its `error:`
+    /// line, and with `--json` its JSON object, so the batch goes on.
+    pub fn report_error(
+        &mut self,
+        bar: &indicatif::ProgressBar,
+        path: &Path,
+        err: &anyhow::Error,
+        json: bool,
+    ) -> anyhow::Result<()> {
+        self.failed = true;
+        output::error_line(bar, err);
+        if json {
+            output::out_line(bar, &error_json(path, err).to_string())?;
+        }
+        Ok(())
     }
 }
 

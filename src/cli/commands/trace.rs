@@ -16,7 +16,7 @@ use leakmark::ledger::{self, IssuedCopy, Ledger, Supplier};
 use leakmark::SecretKey;
 use serde_json::Value;
 
-use super::detect::{detection_json, error_json, path_value, to_value, Tally};
+use super::detect::{detection_json, path_value, to_value, Tally};
 use crate::cli::output::{self, JsonObject, PROGRESS_MIN_FILES};
 use crate::cli::{key_and_ledger, Context, Status};
 
@@ -54,14 +54,7 @@ pub fn run(ctx: &Context, inputs: &[PathBuf], json: bool) -> anyhow::Result<Stat
                     };
                     output::out_line(&bar, &line)
                 }
-                Err(err) => {
-                    tally.failed = true;
-                    output::error_line(&bar, &err);
-                    if json {
-                        output::out_line(&bar, &error_json(path, &err).to_string())?;
-                    }
-                    Ok(())
-                }
+                Err(err) => tally.report_error(&bar, path, &err, json),
             }
         },
     )?;

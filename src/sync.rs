@@ -159,10 +159,19 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
 
 /// Candidate lattices for a prepared leak, best first (possibly none).
 pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
+    lattices_blurred(prepared, 0.0)
+}
+
+/// [`lattices`] from an autocorrelation blurred by `sigma` working pixels:
+/// under perspective the lattice's scale drifts across the leak, so its
+/// autocorrelation peaks smear by lag × drift; blurring gathers them again
+/// (the windows of the perspective fit then make the frame exact).
+pub fn lattices_blurred(prepared: &Prepared, sigma: f32) -> Vec<Lattice> {
     let r = &prepared.residual;
     // A JPEG block grid, in working pixels, when JPEG was the leak's last step.
     let grid_px = JPEG_BLOCK_PX * prepared.work_scale;
     let (acf, w, h) = whitened_autocorrelation(r, grid_px);
+    let acf = acf.gaussian(sigma);
     let (cx, cy) = ((w / 2) as isize, (h / 2) as isize);
     let max_lag = (r.width.min(r.height) as f64 * 0.7).min(w.min(h) as f64 / 2.0 - 2.0);
     if max_lag <= MIN_PERIOD_PX {
@@ -502,7 +511,9 @@ pub fn local_lattice(
                 }
             }
         }
-        if best <= 0.0 || bx.unsigned_abs() * 2 >= w || by.unsigned_abs() * 2 >= h {
+        // Lags up to 0.7 of the window fit the zero padding without wrapping.
+        let too_long = |lag: isize, size: usize| lag.unsigned_abs() as f64 > 0.7 * size as f64;
+        if best <= 0.0 || too_long(bx, w) || too_long(by, h) {
             return None;
         }
         Some(subpixel_peak(&at, bx, by))

@@ -28,10 +28,15 @@
 //! LEAKMARK_NULL_CASES=1000 cargo test --release --test null -- --ignored  # smoke run
 //! ```
 //!
-//! Covers are `../shared/devset` when present, synthetic ones otherwise.
+//! With `LEAKMARK_NULL_LOG=FILE` every case's outcome is also written to
+//! FILE as it finishes (tab-separated: case, detected, p, score,
+//! hypotheses, what the case was), so a run stopped early keeps its
+//! evidence. Covers are `../shared/devset` when present, synthetic ones
+//! otherwise.
 
 mod common;
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -208,6 +213,11 @@ fn null_cases_never_detect() {
         rayon::current_num_threads()
     );
 
+    // One line per case as it finishes, so that a run stopped early still
+    // leaves its evidence: case, detected, p, score, hypotheses, label.
+    let case_log = std::env::var_os("LEAKMARK_NULL_LOG").map(|path| {
+        Mutex::new(std::fs::File::create(&path).expect("LEAKMARK_NULL_LOG names a writable file"))
+    });
     let done = AtomicUsize::new(0);
     let log = Mutex::new(());
     let outcomes: Vec<Outcome> = (0..cases)
@@ -220,6 +230,21 @@ fn null_cases_never_detect() {
             let (name, base) = &pool[rng.range(0, pool.len() as u32) as usize];
             let (tname, leak) = leak(base, &mut rng);
             let d = detect(&case_key(i), &leak);
+            if let Some(file) = &case_log {
+                // A poisoned lock only means another case panicked; logging is still fine.
+                let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+                writeln!(
+                    file,
+                    "{i}\t{}\t{:e}\t{:.4}\t{}\t{name} {tname} {}x{}",
+                    u8::from(d.detected),
+                    d.false_alarm_probability,
+                    d.score,
+                    d.hypotheses,
+                    leak.width(),
+                    leak.height()
+                )
+                .expect("the case log is writable");
+            }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if n % 500 == 0 {
                 // A poisoned lock only means another case panicked; printing is still fine.

@@ -573,7 +573,7 @@ fn cases() -> Vec<Case> {
             "noise.webp",
             || {
                 (0..4096_u32)
-                    .map(|i| (i * 2_654_435_761 >> 13) as u8)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
                     .collect()
             },
             err!(UnsupportedFormat),

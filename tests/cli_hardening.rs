@@ -100,8 +100,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// (recipient, state, output path, output sha) of every copy row.
-fn copy_rows(ledger: &Path) -> Vec<(String, String, Option<String>, Option<String>, i64)> {
+/// (recipient, state, output path, output sha, serial) of one copy row.
+type CopyRow = (String, String, Option<String>, Option<String>, i64);
+
+/// Every copy row, by recipient name.
+fn copy_rows(ledger: &Path) -> Vec<CopyRow> {
     let conn =
         rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the ledger read-only");

@@ -178,8 +178,12 @@ fn decode<R: BufRead + Seek>(mut reader: R, path: &Path, limits: &LoadLimits) ->
     let frames_note = frames_note(&mut reader, format);
     // A JPEG without its end marker is probably cut short; whether it is
     // decides how decode errors are reported, and is checked again below.
-    let missing_end =
-        format == ImageFormat::Jpeg && !jpeg_ends_with_eoi(&mut reader, len).map_err(read_err)?;
+    let missing_end = match format {
+        ImageFormat::Jpeg => !jpeg_ends_with_eoi(&mut reader, len).map_err(read_err)?,
+        ImageFormat::WebP => webp_is_cut_short(&mut reader, len).map_err(read_err)?,
+        ImageFormat::Gif => gif_is_cut_short(&mut reader).map_err(read_err)?,
+        _ => false,
+    };
     let tiff_icc_profile = if format == ImageFormat::Tiff {
         reader.seek(SeekFrom::Start(0)).map_err(read_err)?;
         tiff_icc_profile(&mut reader)
@@ -220,7 +224,7 @@ fn decode<R: BufRead + Seek>(mut reader: R, path: &Path, limits: &LoadLimits) ->
     let mut image = DynamicImage::from_decoder(decoder)
         .map_err(|e| classify(e, path, format, dims, limits, missing_end))?;
 
-    if missing_end {
+    if missing_end && format == ImageFormat::Jpeg {
         if let Some(cause) = strict_jpeg_error(&mut reader, limits) {
             return Err(Error::Truncated {
                 path: path.to_path_buf(),
@@ -273,6 +277,7 @@ fn classify(
     missing_end: bool,
 ) -> Error {
     let path = path.to_path_buf();
+    let error = one_line(error, format);
     match error {
         ImageError::Limits(_) => {
             let (width, height) = dims.unwrap_or((0, 0));
@@ -292,18 +297,68 @@ fn classify(
             format: format_name(format).to_owned(),
             source: Some(error),
         },
-        ImageError::IoError(ref e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            Error::Truncated {
-                path,
-                format: format_name(format).to_owned(),
-                source: Some(error),
-            }
-        }
+        // Some decoders (GIF) wrap the reader's end-of-file in a decoding error.
+        ref e if ends_early(e) => Error::Truncated {
+            path,
+            format: format_name(format).to_owned(),
+            source: Some(error),
+        },
         ImageError::Unsupported(ref u) if matches!(u.kind(), UnsupportedErrorKind::Format(_)) => {
             Error::UnsupportedFormat { path }
         }
         source => Error::Decode { path, source },
     }
+}
+
+/// Whether the error, or any error it was caused by, is an unexpected end of file.
+fn ends_early(error: &ImageError) -> bool {
+    // `ImageError::source` skips the I/O error itself and returns its cause.
+    if let ImageError::IoError(e) = error {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            return true;
+        }
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::UnexpectedEof {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Errors here are one line, but some decoders end their messages with a
+/// line break (zune-jpeg's "Not enough bytes ...\n"): such an error is
+/// replaced by a decoding error carrying the same text on one line.
+fn one_line(error: ImageError, format: ImageFormat) -> ImageError {
+    let mut multi_line = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = cause {
+        multi_line |= e.to_string().contains(['\n', '\r']);
+        cause = e.source();
+    }
+    if !multi_line {
+        return error;
+    }
+    let text =
+        std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string);
+    let flat: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let hint = ImageFormatHint::Exact(format);
+    if ends_early(&error) {
+        // Keep the end-of-file cause visible to `ends_early`.
+        return ImageError::IoError(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            flat.join("; "),
+        ));
+    }
+    ImageError::Decoding(DecodingError::new(hint, flat.join("; ")))
 }
 
 fn format_name(format: ImageFormat) -> &'static str {
@@ -334,6 +389,30 @@ fn jpeg_ends_with_eoi<R: Read + Seek>(reader: &mut R, len: u64) -> io::Result<bo
     Ok(tail[..end].ends_with(&[0xFF, 0xD9]))
 }
 
+/// A WebP file is one RIFF chunk whose header gives its size: a file
+/// shorter than that was cut short (image-webp then reports a bit-stream
+/// error rather than the end of the file).
+fn webp_is_cut_short<R: Read + Seek>(reader: &mut R, len: u64) -> io::Result<bool> {
+    reader.seek(SeekFrom::Start(4))?;
+    let mut size = [0; 4];
+    if reader.read_exact(&mut size).is_err() {
+        return Ok(true);
+    }
+    Ok(len < 8 + u64::from(u32::from_le_bytes(size)))
+}
+
+/// A GIF whose block structure runs into the end of the file before its
+/// trailer was cut short (the gif crate reports that as its own error kind,
+/// not as an I/O error).
+fn gif_is_cut_short<R: Read + Seek>(reader: &mut R) -> io::Result<bool> {
+    reader.seek(SeekFrom::Start(0))?;
+    let mut frames = 0;
+    Ok(matches!(
+        count_gif_frames(reader, &mut frames),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof
+    ))
+}
+
 /// For JPEGs that do not end with EOI: some cameras append data after it,
 /// and a file may lack only the marker itself. A strict-mode decode tells
 /// those (`None`) from truncated files (`Some(cause)`).
@@ -349,7 +428,13 @@ fn strict_jpeg_error<R: BufRead + Seek>(reader: &mut R, limits: &LoadLimits) -> 
     zune_jpeg::JpegDecoder::new_with_options(reader, options)
         .decode()
         .err()
-        .map(|e| e.to_string())
+        // zune-jpeg's messages may end with a line break; errors are one line.
+        .map(|e| {
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
 }
 
 /// Describes the frames or pages that only-the-first-frame decoding drops.
@@ -571,7 +656,16 @@ pub fn save(
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let old_permissions = std::fs::metadata(output).ok().map(|m| m.permissions());
+    let old = std::fs::metadata(output).ok();
+    // The rename below would replace a device or FIFO node itself (run as
+    // root, `embed in.png /dev/null` would swap /dev/null for a PNG).
+    if old.as_ref().is_some_and(|m| !m.is_file()) {
+        return Err(write_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it exists and is not a regular file (a folder, device or FIFO); choose a file path",
+        )));
+    }
+    let old_permissions = old.map(|m| m.permissions());
 
     // Dropping `temp` on any early return deletes the temporary file.
     let mut temp = tempfile::Builder::new()

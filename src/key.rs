@@ -131,9 +131,18 @@ impl SecretKey {
     /// [`Error::KeyRead`] if missing or unreadable, [`Error::KeyPermissions`]
     /// if group or others may read it, [`Error::KeyFormat`] if malformed.
     pub fn load(path: &Path) -> Result<Self> {
-        let mut text = std::fs::read_to_string(path).map_err(|source| Error::KeyRead {
+        let bytes = std::fs::read(path).map_err(|source| Error::KeyRead {
             path: path.to_path_buf(),
             source,
+        })?;
+        // Not UTF-8 is a malformed key, not an unreadable file: the fix is
+        // another file, not `keygen` over this one.
+        let mut text = String::from_utf8(bytes).map_err(|e| {
+            e.into_bytes().zeroize();
+            Error::KeyFormat {
+                path: path.to_path_buf(),
+                reason: "it is not a text file".into(),
+            }
         })?;
         #[cfg(unix)]
         {
@@ -149,10 +158,34 @@ impl SecretKey {
                 });
             }
         }
-        let parsed = parse_key_text(&text);
+        let parsed = Self::parse(&text, path);
         text.zeroize();
-        parsed.map_err(|reason| Error::KeyFormat {
-            path: path.to_path_buf(),
+        parsed
+    }
+
+    /// Parses the text of a key file; `source` only names it in errors.
+    ///
+    /// [`SecretKey::load`] without the file system and its permission check:
+    /// for keys held elsewhere, and for fuzzing the parser.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyFormat`] if the text is not a key file of this version.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use leakmark::{Error, SecretKey};
+    ///
+    /// let text = format!("leakmark-key v1\nsecret: {}\n", "ab".repeat(32));
+    /// assert!(SecretKey::parse(&text, Path::new("k.key")).is_ok());
+    /// let bad = SecretKey::parse("leakmark-key v1\nsecret: 12\n", Path::new("k.key"));
+    /// assert!(matches!(bad, Err(Error::KeyFormat { .. })));
+    /// ```
+    pub fn parse(text: &str, source: &Path) -> Result<Self> {
+        parse_key_text(text).map_err(|reason| Error::KeyFormat {
+            path: source.to_path_buf(),
             reason,
         })
     }

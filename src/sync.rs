@@ -29,6 +29,9 @@ pub const MAX_CANDIDATES: usize = 12;
 const DENSITY_CANDIDATES: usize = 4;
 /// JPEG block size, leak pixels.
 const JPEG_BLOCK_PX: f64 = 8.0;
+/// A lattice vector within this many working pixels of the JPEG block grid
+/// counts as lying on it.
+const ON_GRID_TOL_PX: f64 = 0.6;
 
 /// A candidate lattice: basis vectors in working pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -294,11 +297,15 @@ pub fn lattices_blurred(prepared: &Prepared, sigma: f32) -> Vec<Lattice> {
             }
             // JPEG blocking makes its own lattice on the 8-px grid; a mark lattice
             // sits exactly on it only by coincidence (MIN_CHIP_PX avoids it).
+            // On a leak shrunk more than 6.7× (long side over ~6,800 px) the
+            // grid is finer than twice the tolerance and every vector would
+            // count as on it: there the test cannot tell, and is skipped.
             let on_grid = |p: [f64; 2]| {
-                p.iter()
-                    .all(|c| ((c / grid_px) - (c / grid_px).round()).abs() * grid_px < 0.6)
+                p.iter().all(|c| {
+                    ((c / grid_px) - (c / grid_px).round()).abs() * grid_px < ON_GRID_TOL_PX
+                })
             };
-            if on_grid(u) && on_grid(v) {
+            if grid_px > 2.0 * ON_GRID_TOL_PX && on_grid(u) && on_grid(v) {
                 continue;
             }
             let lat = Lattice { u, v, score: 0.0 };
@@ -536,5 +543,50 @@ mod tests {
             (v[0] - 1.0).abs() < 1e-9 && (v[1] - 10.0).abs() < 1e-9,
             "{v:?}"
         );
+    }
+
+    /// A residual repeating a random 114 × 114 px tile, as left by a mark.
+    fn periodic_residual(width: usize, height: usize, period: usize) -> Plane {
+        let mut state = 0x2545_f491_u32;
+        let tile: Vec<f32> = (0..period * period)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                if state & 1 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let data = (0..width * height)
+            .map(|i| tile[(i / width % period) * period + i % width % period])
+            .collect();
+        Plane {
+            width,
+            height,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_lattice_is_found_in_a_leak_shrunk_more_than_sevenfold() {
+        // Regression: an 8700 × 5800 marked scan (work scale 0.118, JPEG grid
+        // 0.94 working px) had every lattice discarded as "on the JPEG grid",
+        // so no image with a long side over ~6,800 px was ever detected.
+        for work_scale in [1.0, 0.47, 0.1177] {
+            let prepared = Prepared {
+                residual: periodic_residual(1024, 683, 114),
+                work_scale,
+            };
+            let found = lattices(&prepared);
+            assert!(
+                found
+                    .iter()
+                    .any(|l| (norm(l.u) - 114.0).abs() < 2.0 && (norm(l.v) - 114.0).abs() < 2.0),
+                "work scale {work_scale}: {found:?}"
+            );
+        }
     }
 }

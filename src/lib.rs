@@ -14,6 +14,7 @@ pub mod mask;
 pub mod pattern;
 pub mod payload;
 pub mod plane;
+pub mod register;
 pub mod stats;
 pub mod sync;
 

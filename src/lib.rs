@@ -8,6 +8,7 @@ pub mod embed;
 pub mod error;
 pub mod fft;
 pub mod imageio;
+pub mod informed;
 pub mod key;
 pub mod ledger;
 pub mod mask;

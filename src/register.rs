@@ -149,10 +149,10 @@ const SCALE_MIN: f64 = 0.12;
 const SCALE_MAX: f64 = 2.5;
 /// Ratio between neighbouring scales of the grid: 8 % keeps the edge of a
 /// 128-px thumbnail within ~5 px, inside the phase-correlation peak.
-const SCALE_STEP: f64 = 1.08;
+const SCALE_STEP: f64 = 1.1;
 /// Rotation candidates kept from the gradient-direction histograms
 /// (each also turned by 180°, which the histograms cannot tell apart).
-const ROTATION_PEAKS: usize = 3;
+const ROTATION_PEAKS: usize = 2;
 /// Coarse candidates refined densely.
 const REFINE_CANDIDATES: usize = 4;
 /// Long side of the finest refinement level, pixels.
@@ -161,6 +161,12 @@ const FINE_PX: usize = 1024;
 const REFINE_POINTS: usize = 60_000;
 /// Huber threshold on the structure difference (unit local contrast).
 const HUBER: f64 = 0.5;
+/// Blur of the structure images, level pixels: wide enough to wash out the
+/// mark's chips at the finest level, so the mark does not pull the fit.
+const STRUCTURE_BLUR: f32 = 1.5;
+/// Refinement iterations on the coarse levels (cheap, wide basin) and the fine ones.
+const COARSE_ITERATIONS: usize = 30;
+const FINE_ITERATIONS: usize = 10;
 /// Below this final similarity the registration is rejected.
 pub const MIN_SIMILARITY: f64 = 0.2;
 
@@ -177,13 +183,15 @@ pub fn register(leak: &Plane, original: &Plane) -> Option<Registration> {
     let l_pyr = Pyramid::new(leak);
     let coarse = coarse_candidates(&l_pyr, &o_pyr);
     let candidates = coarse.len();
+    // Every candidate on the coarse levels, the best one on the fine levels.
     let refined: Vec<(Homography, f64)> = coarse
         .par_iter()
-        .filter_map(|h| refine(&l_pyr, &o_pyr, *h))
+        .filter_map(|h| refine(&l_pyr, &o_pyr, *h, COARSE_PX, 2 * COARSE_PX))
         .collect();
-    let (homography, similarity) = refined
+    let (start, _) = refined
         .into_iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let (homography, similarity) = refine(&l_pyr, &o_pyr, start, 4 * COARSE_PX, FINE_PX)
         .filter(|r| r.1 >= MIN_SIMILARITY)?;
     let covered = covered_box(&homography, leak, original)?;
     Some(Registration {
@@ -199,7 +207,7 @@ pub fn register(leak: &Plane, original: &Plane) -> Option<Registration> {
 fn structure(p: &Plane, sigma: f32) -> Plane {
     const RADIUS: usize = 4;
     /// Contrast floor, levels: below it a region counts as flat.
-    const FLOOR: f32 = 4.0;
+    const FLOOR: f32 = 8.0;
     let s = p.gaussian(sigma);
     let mean = s.box_mean(RADIUS);
     let d: Vec<f32> = s.data.iter().zip(&mean.data).map(|(a, b)| a - b).collect();
@@ -251,7 +259,7 @@ impl Pyramid {
                 p.resize_area(w, h)
             };
             levels.push(Level {
-                img: structure(&raw, 1.0),
+                img: structure(&raw, STRUCTURE_BLUR),
                 scale: [w as f64 / p.width as f64, h as f64 / p.height as f64],
             });
             if w.max(h) <= COARSE_PX / 2 || w.min(h) <= 8 {
@@ -523,10 +531,16 @@ fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
 
 /// Refines a homography (original → leak, full resolution) coarse to fine;
 /// returns it with the structure correlation at the finest level.
-fn refine(l_pyr: &Pyramid, o_pyr: &Pyramid, start: Homography) -> Option<(Homography, f64)> {
+fn refine(
+    l_pyr: &Pyramid,
+    o_pyr: &Pyramid,
+    start: Homography,
+    from_px: usize,
+    to_px: usize,
+) -> Option<(Homography, f64)> {
     let mut h = start;
     let long = o_pyr.full[0].max(o_pyr.full[1]);
-    let mut px = COARSE_PX;
+    let mut px = from_px;
     loop {
         let o_level = o_pyr.level_near(px);
         let s = local_scale(&h, o_pyr.full)?;
@@ -534,11 +548,16 @@ fn refine(l_pyr: &Pyramid, o_pyr: &Pyramid, start: Homography) -> Option<(Homogr
         let to_level = Homography::scaling(l_level.scale[0], l_level.scale[1]);
         let from_o = Homography::scaling(1.0 / o_level.scale[0], 1.0 / o_level.scale[1]);
         let hl = to_level.then_after(&h).then_after(&from_o);
-        let (hl, ncc) = lm(&o_level.img, &l_level.img, hl, 12)?;
+        let iterations = if px <= 2 * COARSE_PX {
+            COARSE_ITERATIONS
+        } else {
+            FINE_ITERATIONS
+        };
+        let (hl, ncc) = lm(&o_level.img, &l_level.img, hl, iterations)?;
         let back_l = Homography::scaling(1.0 / l_level.scale[0], 1.0 / l_level.scale[1]);
         let to_o = Homography::scaling(o_level.scale[0], o_level.scale[1]);
         h = back_l.then_after(&hl).then_after(&to_o);
-        if px >= FINE_PX.min(long) {
+        if px >= to_px.min(long) || px >= FINE_PX {
             return Some((h, ncc));
         }
         px *= 2;
@@ -790,6 +809,55 @@ pub fn corner_error(estimate: &Homography, truth: &Homography, covered: [u32; 4]
         worst = worst.max(((xe - x).powi(2) + (ye - y).powi(2)).sqrt());
     }
     Some(worst)
+}
+
+/// A cheap global descriptor of an image, for picking which of many
+/// originals a leak may come from before registering: gradient directions
+/// (compared over every rotation) and a histogram of tones. Both survive
+/// cropping and rescaling roughly; this only ranks, registration decides.
+#[derive(Clone, Debug)]
+pub struct Descriptor {
+    directions: Vec<f64>,
+    tones: Vec<f64>,
+}
+
+impl Descriptor {
+    /// The descriptor of a luma plane (0–255).
+    pub fn of(p: &Plane) -> Descriptor {
+        let long = p.width.max(p.height).max(1);
+        let k = (256.0 / long as f64).min(1.0);
+        let small = p.resize_area(
+            ((p.width as f64 * k).round() as usize).max(1),
+            ((p.height as f64 * k).round() as usize).max(1),
+        );
+        let unit = |v: Vec<f64>| {
+            let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+            v.into_iter().map(|x| x / n).collect::<Vec<f64>>()
+        };
+        let mut tones = vec![0.0f64; 32];
+        for &v in &small.data {
+            tones[((v.clamp(0.0, 255.0) / 8.0) as usize).min(31)] += 1.0;
+        }
+        Descriptor {
+            directions: unit(direction_histogram(&structure(&small, STRUCTURE_BLUR))),
+            tones: unit(tones.into_iter().map(f64::sqrt).collect()),
+        }
+    }
+
+    /// Similarity in 0–2 (higher is closer): best rotation of the
+    /// direction histograms plus the cosine of the tone histograms.
+    pub fn similarity(&self, other: &Descriptor) -> f64 {
+        let n = self.directions.len();
+        let directions = (0..n)
+            .map(|k| {
+                (0..n)
+                    .map(|i| self.directions[i] * other.directions[(i + k) % n])
+                    .sum::<f64>()
+            })
+            .fold(0.0f64, f64::max);
+        let tones: f64 = self.tones.iter().zip(&other.tones).map(|(a, b)| a * b).sum();
+        directions + tones
+    }
 }
 
 #[cfg(test)]

@@ -281,7 +281,11 @@ fn residual_on_original(leak: &Plane, original: &Plane, reg: &Registration) -> O
         width: cw,
         height: ch,
         data: (cy0..cy0 + ch)
-            .flat_map(|y| p.data[y * p.width + cx0..y * p.width + cx0 + cw].iter().copied())
+            .flat_map(|y| {
+                p.data[y * p.width + cx0..y * p.width + cx0 + cw]
+                    .iter()
+                    .copied()
+            })
             .collect(),
     };
     let o_box = crop(&grid_o);
@@ -461,7 +465,9 @@ mod tests {
         let key = SecretKey::from_bytes([3; 32]);
         let original = DynamicImage::ImageRgb8(render(720, 540));
         let variant = 5;
-        let marked = embed::embed(&key, &original, 0xC0FFEE, variant).unwrap().image;
+        let marked = embed::embed(&key, &original, 0xC0FFEE, variant)
+            .unwrap()
+            .image;
         let chain = Attack::Chain(vec![
             Attack::Perspective { jitter: 0.15 },
             Attack::Jpeg { quality: 40 },
@@ -490,7 +496,12 @@ mod tests {
             ..InformedOptions::default()
         };
         let unmarked = attack::apply(&Attack::Jpeg { quality: 70 }, &original.to_rgb8(), 1);
-        let found = detect_informed(&key, &DynamicImage::ImageRgb8(unmarked), &original, &options);
+        let found = detect_informed(
+            &key,
+            &DynamicImage::ImageRgb8(unmarked),
+            &original,
+            &options,
+        );
         assert!(found.registration.is_some());
         assert!(!found.detection.detected, "{found:?}");
         assert!(found.detection.false_alarm_probability > 1e-6);

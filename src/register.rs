@@ -188,11 +188,9 @@ pub fn register(leak: &Plane, original: &Plane) -> Option<Registration> {
         .par_iter()
         .filter_map(|h| refine(&l_pyr, &o_pyr, *h, COARSE_PX, 2 * COARSE_PX))
         .collect();
-    let (start, _) = refined
-        .into_iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))?;
-    let (homography, similarity) = refine(&l_pyr, &o_pyr, start, 4 * COARSE_PX, FINE_PX)
-        .filter(|r| r.1 >= MIN_SIMILARITY)?;
+    let (start, _) = refined.into_iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let (homography, similarity) =
+        refine(&l_pyr, &o_pyr, start, 4 * COARSE_PX, FINE_PX).filter(|r| r.1 >= MIN_SIMILARITY)?;
     let covered = covered_box(&homography, leak, original)?;
     Some(Registration {
         homography,
@@ -425,14 +423,18 @@ fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
             let det = a[0] * a[3] - a[1] * a[2];
             let ainv = [a[3] / det, -a[1] / det, -a[2] / det, a[0] / det];
             // The leak's corners in thumbnail coordinates.
-            let corners = [(0.0, 0.0), (lw, 0.0), (0.0, lh), (lw, lh)]
-                .map(|(u, v)| ((ainv[0] * u + ainv[1] * v) * ax, (ainv[2] * u + ainv[3] * v) * ay));
-            let (x0, x1) = corners
-                .iter()
-                .fold((f64::MAX, f64::MIN), |acc, c| (acc.0.min(c.0), acc.1.max(c.0)));
-            let (y0, y1) = corners
-                .iter()
-                .fold((f64::MAX, f64::MIN), |acc, c| (acc.0.min(c.1), acc.1.max(c.1)));
+            let corners = [(0.0, 0.0), (lw, 0.0), (0.0, lh), (lw, lh)].map(|(u, v)| {
+                (
+                    (ainv[0] * u + ainv[1] * v) * ax,
+                    (ainv[2] * u + ainv[3] * v) * ay,
+                )
+            });
+            let (x0, x1) = corners.iter().fold((f64::MAX, f64::MIN), |acc, c| {
+                (acc.0.min(c.0), acc.1.max(c.0))
+            });
+            let (y0, y1) = corners.iter().fold((f64::MAX, f64::MIN), |acc, c| {
+                (acc.0.min(c.1), acc.1.max(c.1))
+            });
             let cw = ((x1 - x0).ceil() as usize).min(COARSE_PX);
             let ch = ((y1 - y0).ceil() as usize).min(COARSE_PX);
             if cw < 8 || ch < 8 {
@@ -492,13 +494,22 @@ fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
             let nn = (n * n) as f64;
             let sd = (s2 / nn - (s1 / nn).powi(2)).max(1e-30).sqrt();
             let z = (f64::from(best) - s1 / nn) / sd;
-            let wrap = |d: usize| if d >= n / 2 { d as f64 - n as f64 } else { d as f64 };
+            let wrap = |d: usize| {
+                if d >= n / 2 {
+                    d as f64 - n as f64
+                } else {
+                    d as f64
+                }
+            };
             let (dx, dy) = (wrap(at % n), wrap(at / n));
             // Canvas pixel q sits at thumbnail q + d, not at origin + q:
             // t = −A·D⁻¹·(d − origin).
             let (ex, ey) = ((dx - origin.0) / ax, (dy - origin.1) / ay);
             let t = (-(a[0] * ex + a[1] * ey), -(a[2] * ex + a[3] * ey));
-            Some((z, Homography([a[0], a[1], t.0, a[2], a[3], t.1, 0.0, 0.0, 1.0])))
+            Some((
+                z,
+                Homography([a[0], a[1], t.0, a[2], a[3], t.1, 0.0, 0.0, 1.0]),
+            ))
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -626,7 +637,11 @@ fn normal_equations(o: &Plane, l: &Plane, h: &Homography) -> Normal {
                         -(gx * u + gy * v) * xf / w,
                         -(gx * u + gy * v) * yf / w,
                     ];
-                    let wt = if e.abs() <= HUBER { 1.0 } else { HUBER / e.abs() };
+                    let wt = if e.abs() <= HUBER {
+                        1.0
+                    } else {
+                        HUBER / e.abs()
+                    };
                     n.cost += if e.abs() <= HUBER {
                         0.5 * e * e
                     } else {
@@ -710,8 +725,8 @@ fn lm(o: &Plane, l: &Plane, mut h: Homography, iterations: usize) -> Option<(Hom
         let b = cur.atb.map(|v| -v);
         let Some(delta) = solve8(a, b) else { break };
         let mut next = h;
-        for k in 0..8 {
-            next.0[k] += delta[k];
+        for (v, d) in next.0.iter_mut().zip(delta) {
+            *v += d;
         }
         let cand = normal_equations(o, l, &next);
         // Compare mean costs: the set of points inside the leak may change.
@@ -742,7 +757,7 @@ fn lm(o: &Plane, l: &Plane, mut h: Homography, iterations: usize) -> Option<(Hom
 fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8]) -> Option<[f64; 8]> {
     for col in 0..8 {
         let pivot = (col..8).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        if !(a[pivot][col].abs() > 1e-300) {
+        if a[pivot][col].abs().is_nan() || a[pivot][col].abs() <= 1e-300 {
             return None;
         }
         a.swap(col, pivot);
@@ -855,7 +870,12 @@ impl Descriptor {
                     .sum::<f64>()
             })
             .fold(0.0f64, f64::max);
-        let tones: f64 = self.tones.iter().zip(&other.tones).map(|(a, b)| a * b).sum();
+        let tones: f64 = self
+            .tones
+            .iter()
+            .zip(&other.tones)
+            .map(|(a, b)| a * b)
+            .sum();
         directions + tones
     }
 }
@@ -869,7 +889,9 @@ mod tests {
         let mut data = vec![255.0f32; w * h];
         let mut state = seed;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as f64 / (1u64 << 31) as f64
         };
         for _ in 0..60 {
@@ -943,8 +965,16 @@ mod tests {
         let err = corner_error(&reg.homography, &truth, reg.covered).unwrap();
         assert!(err < 1.0, "corner error {err} px, {reg:?}");
         let [x0, y0, x1, y1] = reg.covered;
-        assert!(x0.abs_diff(430) < 15 && y0.abs_diff(300) < 15, "{:?}", reg.covered);
-        assert!(x1.abs_diff(683) < 15 && y1.abs_diff(490) < 15, "{:?}", reg.covered);
+        assert!(
+            x0.abs_diff(430) < 15 && y0.abs_diff(300) < 15,
+            "{:?}",
+            reg.covered
+        );
+        assert!(
+            x1.abs_diff(683) < 15 && y1.abs_diff(490) < 15,
+            "{:?}",
+            reg.covered
+        );
     }
 
     #[test]

@@ -85,11 +85,17 @@ fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
     assert!(v["false_alarm_probability"].as_f64().unwrap() <= 1e-12);
     let covered: Vec<u64> = serde_json::from_value(v["covered_box"].clone()).unwrap();
     assert_eq!(covered.len(), 4);
-    assert!(covered[2] > covered[0] + 500 && covered[3] > covered[1] + 300, "{v}");
+    assert!(
+        covered[2] > covered[0] + 500 && covered[3] > covered[1] + 300,
+        "{v}"
+    );
 
     let human = command(dir, &["trace", "leak.png"]);
     let line = String::from_utf8_lossy(&human.stdout);
-    assert!(line.contains("informed mode") && line.contains("covers x"), "{line}");
+    assert!(
+        line.contains("informed mode") && line.contains("covers x"),
+        "{line}"
+    );
 
     // The archived original changes: it is not used, and the trace says why.
     let mut changed = image::open(&draft).unwrap().to_rgb8();

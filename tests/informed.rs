@@ -24,7 +24,11 @@ fn sample(name: &str) -> RgbImage {
         .to_rgb8()
 }
 
-fn informed(key: &leakmark::SecretKey, leak: &RgbImage, original: &RgbImage) -> leakmark::informed::InformedDetection {
+fn informed(
+    key: &leakmark::SecretKey,
+    leak: &RgbImage,
+    original: &RgbImage,
+) -> leakmark::informed::InformedDetection {
     detect_informed(
         key,
         &DynamicImage::ImageRgb8(leak.clone()),
@@ -80,7 +84,14 @@ fn informed_detection_reads_a_tenth_of_the_drawing_after_jpeg_20() {
 fn witness(w: u32, h: u32) -> (RgbImage, Vec<(f64, f64)>) {
     let r = (f64::from(w.min(h)) / 150.0).max(3.0);
     let points: Vec<(f64, f64)> = (1..=9)
-        .flat_map(|j| (1..=9).map(move |i| (f64::from(w) * i as f64 / 10.0, f64::from(h) * j as f64 / 10.0)))
+        .flat_map(|j| {
+            (1..=9).map(move |i| {
+                (
+                    f64::from(w) * i as f64 / 10.0,
+                    f64::from(h) * j as f64 / 10.0,
+                )
+            })
+        })
         .collect();
     let img = RgbImage::from_fn(w, h, |x, y| {
         let (xf, yf) = (f64::from(x) + 0.5, f64::from(y) + 0.5);
@@ -99,7 +110,12 @@ fn witness(w: u32, h: u32) -> (RgbImage, Vec<(f64, f64)>) {
 /// Largest registration error over the witness dots inside the covered box,
 /// in original pixels: the dot's centroid in the attacked witness against
 /// where the registration puts it. `None` when no dot could be measured.
-fn witness_error(reg: &Registration, attacked: &RgbImage, points: &[(f64, f64)], spacing: f64) -> Option<f64> {
+fn witness_error(
+    reg: &Registration,
+    attacked: &RgbImage,
+    points: &[(f64, f64)],
+    spacing: f64,
+) -> Option<f64> {
     let luma = Plane::luma(&DynamicImage::ImageRgb8(attacked.clone()));
     let h = reg.homography;
     let [x0, y0, x1, y1] = reg.covered.map(f64::from);
@@ -108,7 +124,9 @@ fn witness_error(reg: &Registration, attacked: &RgbImage, points: &[(f64, f64)],
         if px < x0 || px > x1 || py < y0 || py > y1 {
             continue;
         }
-        let Some((u, v)) = h.map(px, py) else { continue };
+        let Some((u, v)) = h.map(px, py) else {
+            continue;
+        };
         let j = h.jacobian(px, py);
         let scale = (j[0] * j[3] - j[1] * j[2]).abs().sqrt();
         let radius = 0.4 * spacing * scale;
@@ -120,7 +138,8 @@ fn witness_error(reg: &Registration, attacked: &RgbImage, points: &[(f64, f64)],
         }
         for y in va..=vb {
             for x in ua..=ub {
-                let d = f64::from((110.0 - luma.data[y as usize * luma.width + x as usize]).max(0.0));
+                let d =
+                    f64::from((110.0 - luma.data[y as usize * luma.width + x as usize]).max(0.0));
                 sw += d;
                 sx += d * (x as f64 + 0.5);
                 sy += d * (y as f64 + 0.5);
@@ -159,19 +178,31 @@ fn sweep_attacks() -> Vec<(&'static str, Attack)> {
 #[ignore = "long: informed vs blind over the devset; run with --ignored --nocapture"]
 fn informed_sweep_over_the_devset() {
     let images = devset().unwrap_or_else(|| {
-        ["car_render_v3.png", "cupholder_colour_study.png", "floor_plan_v2.png", "pipe_tee_rev_b.png"]
-            .iter()
-            .map(|n| (n.to_string(), sample(n)))
-            .collect()
+        [
+            "car_render_v3.png",
+            "cupholder_colour_study.png",
+            "floor_plan_v2.png",
+            "pipe_tee_rev_b.png",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), sample(n)))
+        .collect()
     });
     let seeds: Vec<u64> = std::env::var("INFORMED_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(vec![1, 2], |n: u64| (1..=n).collect());
     let k = key(40);
-    println!("{:<34} {:<17} {:>8} {:>8} {:>10} {:>10} {:>8}", "image", "attack", "informed", "blind", "inf -log10p", "corner px", "inf s");
-    let mut totals: Vec<(&str, usize, usize, usize, Vec<f64>, Duration)> =
-        sweep_attacks().iter().map(|(n, _)| (*n, 0, 0, 0, Vec::new(), Duration::ZERO)).collect();
+    println!(
+        "{:<34} {:<17} {:>8} {:>8} {:>10} {:>10} {:>8}",
+        "image", "attack", "informed", "blind", "inf -log10p", "corner px", "inf s"
+    );
+    // Per attack: name, leaks, informed successes, blind successes, corner errors, informed time.
+    type Total = (&'static str, usize, usize, usize, Vec<f64>, Duration);
+    let mut totals: Vec<Total> = sweep_attacks()
+        .iter()
+        .map(|(n, _)| (*n, 0, 0, 0, Vec::new(), Duration::ZERO))
+        .collect();
     for (index, (name, img)) in images.iter().enumerate() {
         let serial = 0x1000_0000 + index as u32 * 7919;
         let marked = mark(&k, img, serial);
@@ -183,7 +214,11 @@ fn informed_sweep_over_the_devset() {
                 let t = Instant::now();
                 let inf = informed(&k, &leak, img);
                 let elapsed = t.elapsed();
-                let blind = detect::detect(&k, &DynamicImage::ImageRgb8(leak.clone()), &DetectOptions::default());
+                let blind = detect::detect(
+                    &k,
+                    &DynamicImage::ImageRgb8(leak.clone()),
+                    &DetectOptions::default(),
+                );
                 let inf_ok = inf.detection.detected && inf.detection.serial == Some(serial);
                 let blind_ok = blind.detected && blind.serial == Some(serial);
                 let err = inf.registration.as_ref().and_then(|r| {
@@ -210,7 +245,10 @@ fn informed_sweep_over_the_devset() {
             }
         }
     }
-    println!("\n{:<17} {:>6} {:>10} {:>10} {:>14} {:>14} {:>10}", "attack", "leaks", "informed", "blind", "corner median", "corner max", "s/leak");
+    println!(
+        "\n{:<17} {:>6} {:>10} {:>10} {:>14} {:>14} {:>10}",
+        "attack", "leaks", "informed", "blind", "corner median", "corner max", "s/leak"
+    );
     for (name, n, inf, blind, mut errs, time) in totals {
         errs.sort_by(f64::total_cmp);
         let median = errs.get(errs.len() / 2).copied().unwrap_or(f64::NAN);
@@ -234,7 +272,8 @@ fn informed_time_for_a_2mp_leak_against_a_12mp_original() {
     let k = key(41);
     let base = sample("car_render_v3.png");
     // 12 MP: 4243 × 2828.
-    let original = image::imageops::resize(&base, 4243, 2828, image::imageops::FilterType::CatmullRom);
+    let original =
+        image::imageops::resize(&base, 4243, 2828, image::imageops::FilterType::CatmullRom);
     let marked = mark(&k, &original, 123_456_789);
     // 2 MP: scale 0.41, a 3° turn, JPEG 80.
     let chain = Attack::Chain(vec![
@@ -246,18 +285,36 @@ fn informed_time_for_a_2mp_leak_against_a_12mp_original() {
         Attack::Jpeg { quality: 80 },
     ]);
     let leak = attack::apply(&chain, &marked, 1);
-    println!("original {}x{}, leak {}x{}", original.width(), original.height(), leak.width(), leak.height());
-    let (o, l) = (DynamicImage::ImageRgb8(original), DynamicImage::ImageRgb8(leak));
+    println!(
+        "original {}x{}, leak {}x{}",
+        original.width(),
+        original.height(),
+        leak.width(),
+        leak.height()
+    );
+    let (o, l) = (
+        DynamicImage::ImageRgb8(original),
+        DynamicImage::ImageRgb8(leak),
+    );
     // Decoding to luma is part of the caller's cost; time the detector on planes too.
     let (ol, ll) = (Plane::luma(&o), Plane::luma(&l));
     let variant = leakmark::embed::variant_for_image(&k, &o);
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let found = leakmark::informed::detect_informed_luma(&k, &ll, &ol, variant, &InformedOptions::default());
+        let found = leakmark::informed::detect_informed_luma(
+            &k,
+            &ll,
+            &ol,
+            variant,
+            &InformedOptions::default(),
+        );
         times.push(t.elapsed().as_secs_f64());
         assert_eq!(found.detection.serial, Some(123_456_789));
     }
     times.sort_by(f64::total_cmp);
-    println!("informed detection, 2-MP leak vs 12-MP original: median {:.2} s (runs {:?})", times[1], times);
+    println!(
+        "informed detection, 2-MP leak vs 12-MP original: median {:.2} s (runs {:?})",
+        times[1], times
+    );
 }

@@ -486,10 +486,7 @@ impl Report {
             "covered_box",
             to_value(&informed.map(|n| n.registration.covered)),
         );
-        obj.push(
-            "registration",
-            to_value(&informed.map(|n| &n.registration)),
-        );
+        obj.push("registration", to_value(&informed.map(|n| &n.registration)));
         for (name, value) in detection_json(path, &self.detection).into_fields() {
             obj.push_new(&name, value);
         }

@@ -57,6 +57,10 @@ pub struct InformedOptions {
     pub variant: Option<u32>,
     /// Issued copies of this document to test as hypotheses.
     pub known_copies: Vec<KnownCopy>,
+    /// Further pattern variants to read on the same residual (e.g. when it
+    /// is not known whether the copy was made by `issue` or `embed`); each
+    /// is one more charged reading.
+    pub also_variants: Vec<u32>,
     /// Hypotheses the caller tests on the same leak elsewhere (other
     /// documents, a blind fallback): added to the charge.
     pub extra_hypotheses: u64,
@@ -126,12 +130,18 @@ pub fn detect_informed_luma(
     variant: u32,
     options: &InformedOptions,
 ) -> InformedDetection {
-    let copies = options
-        .known_copies
+    let mut variants = vec![variant];
+    for &v in &options.also_variants {
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+    }
+    let copies_of = |v: u32| options.known_copies.iter().filter(|c| c.variant == v).count();
+    let hypotheses = variants
         .iter()
-        .filter(|c| c.variant == variant)
-        .count();
-    let hypotheses = informed_hypotheses(copies).saturating_add(options.extra_hypotheses);
+        .map(|&v| informed_hypotheses(copies_of(v)))
+        .sum::<u64>()
+        .saturating_add(options.extra_hypotheses);
     let mut none = Detection {
         detected: false,
         serial: None,
@@ -170,14 +180,22 @@ pub fn detect_informed_luma(
             resynced: false,
         };
     };
-    let reading = detect::read_on_grid(
-        key,
-        &grid.residual,
-        grid.chip_px,
-        grid.origin_px,
-        variant,
-        &options.known_copies,
-    );
+    // Every variant on the same residual; the best score (ties to the first).
+    let (variant, reading) = variants
+        .iter()
+        .map(|&v| {
+            let r = detect::read_on_grid(
+                key,
+                &grid.residual,
+                grid.chip_px,
+                grid.origin_px,
+                v,
+                &options.known_copies,
+            );
+            (v, r)
+        })
+        .reduce(|a, b| if b.1.z > a.1.z { b } else { a })
+        .expect("variants holds at least the given one");
     let p = stats::false_alarm(reading.z, hypotheses);
     let detected = p <= stats::REPORT_THRESHOLD;
     let chip = chip_px_for(original.width as u32, original.height as u32);

@@ -164,6 +164,8 @@ const HUBER: f64 = 0.5;
 /// Blur of the structure images, level pixels: wide enough to wash out the
 /// mark's chips at the finest level, so the mark does not pull the fit.
 const STRUCTURE_BLUR: f32 = 1.5;
+/// Extra blur of the coarsest level's first pass, level pixels.
+const WIDE_BLUR: f32 = 2.5;
 /// Refinement iterations on the coarse levels (cheap, wide basin) and the fine ones.
 const COARSE_ITERATIONS: usize = 30;
 const FINE_ITERATIONS: usize = 10;
@@ -563,6 +565,19 @@ fn refine(
             COARSE_ITERATIONS
         } else {
             FINE_ITERATIONS
+        };
+        let hl = if px == COARSE_PX {
+            // A wide basin first: strong perspective leaves the coarse
+            // similarity tens of pixels off at the corners.
+            lm(
+                &o_level.img.gaussian(WIDE_BLUR),
+                &l_level.img.gaussian(WIDE_BLUR),
+                hl,
+                iterations,
+            )
+            .map_or(hl, |r| r.0)
+        } else {
+            hl
         };
         let (hl, ncc) = lm(&o_level.img, &l_level.img, hl, iterations)?;
         let back_l = Homography::scaling(1.0 / l_level.scale[0], 1.0 / l_level.scale[1]);

@@ -107,3 +107,41 @@ fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(v["mode"], "informed", "{v}");
 }
+
+#[test]
+fn detect_with_an_original_reads_an_embed_copy_in_informed_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_leakmark"))
+        .current_dir(dir)
+        .args(["keygen", "--out", "k.key"])
+        .output()
+        .unwrap();
+    assert_ok(&keygen, "keygen");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/drafts/car_render_v3.png"),
+        dir.join("car.png"),
+    )
+    .unwrap();
+    assert_ok(
+        &command(dir, &["embed", "--payload", "9", "car.png", "marked.png"]),
+        "embed",
+    );
+    let marked = image::open(dir.join("marked.png")).unwrap().to_rgb8();
+    let leak = attack::apply(&Attack::Perspective { jitter: 0.2 }, &marked, 4);
+    leak.save(dir.join("leak.png")).unwrap();
+
+    let out = command(
+        dir,
+        &["detect", "--json", "--original", "car.png", "leak.png", "car.png"],
+    );
+    assert_ok(&out, "detect --original");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["payload"], 9, "{}", lines[0]);
+    assert_eq!(lines[0]["mode"], "informed");
+    // The original itself carries no mark.
+    assert_eq!(lines[1]["detected"], false, "{}", lines[1]);
+}

@@ -11,7 +11,8 @@ use common::{devset, key, mark};
 use image::{DynamicImage, Rgb, RgbImage};
 use leakmark::attack::{self, Attack};
 use leakmark::detect::{self, DetectOptions};
-use leakmark::informed::{detect_informed, InformedOptions};
+use leakmark::informed::{detect_informed, informed_hypotheses, InformedOptions};
+use leakmark::stats::{false_alarm, REPORT_THRESHOLD};
 use leakmark::plane::Plane;
 use leakmark::register::Registration;
 
@@ -197,18 +198,31 @@ fn informed_sweep_over_the_devset() {
         "{:<34} {:<17} {:>8} {:>8} {:>10} {:>10} {:>8}",
         "image", "attack", "informed", "blind", "inf -log10p", "corner px", "inf s"
     );
-    // Per attack: name, leaks, informed successes, blind successes, corner errors, informed time.
-    type Total = (&'static str, usize, usize, usize, Vec<f64>, Duration);
+    // Per attack: name, leaks, informed successes, blind successes, corner
+    // errors, informed time, trace (informed then blind) successes.
+    type Total = (&'static str, usize, usize, usize, Vec<f64>, Duration, usize);
     let mut totals: Vec<Total> = sweep_attacks()
         .iter()
-        .map(|(n, _)| (*n, 0, 0, 0, Vec::new(), Duration::ZERO))
+        .map(|(n, _)| (*n, 0, 0, 0, Vec::new(), Duration::ZERO, 0))
         .collect();
+    // INFORMED_IMAGES / INFORMED_ATTACKS: comma-separated substrings to run a subset.
+    let filter = |var: &str, name: &str| {
+        std::env::var(var)
+            .map(|v| v.split(',').any(|f| name.contains(f)))
+            .unwrap_or(true)
+    };
     for (index, (name, img)) in images.iter().enumerate() {
+        if !filter("INFORMED_IMAGES", name) {
+            continue;
+        }
         let serial = 0x1000_0000 + index as u32 * 7919;
         let marked = mark(&k, img, serial);
         let (wit, points) = witness(img.width(), img.height());
         let spacing = f64::from(img.width().min(img.height())) / 10.0;
         for (a, (attack_name, attack)) in sweep_attacks().iter().enumerate() {
+            if !filter("INFORMED_ATTACKS", attack_name) {
+                continue;
+            }
             for &seed in &seeds {
                 let leak = attack::apply(attack, &marked, seed);
                 let t = Instant::now();
@@ -221,6 +235,11 @@ fn informed_sweep_over_the_devset() {
                 );
                 let inf_ok = inf.detection.detected && inf.detection.serial == Some(serial);
                 let blind_ok = blind.detected && blind.serial == Some(serial);
+                // What `trace` does: informed first, blind when that finds
+                // nothing, every hypothesis of both charged.
+                let both = informed_hypotheses(0) + detect::hypotheses_charged(0);
+                let trace_ok = (inf_ok && false_alarm(inf.detection.score, both) <= REPORT_THRESHOLD)
+                    || (blind_ok && false_alarm(blind.score, both) <= REPORT_THRESHOLD);
                 let err = inf.registration.as_ref().and_then(|r| {
                     witness_error(r, &attack::apply(attack, &wit, seed), &points, spacing)
                 });
@@ -228,6 +247,7 @@ fn informed_sweep_over_the_devset() {
                 t.1 += 1;
                 t.2 += usize::from(inf_ok);
                 t.3 += usize::from(blind_ok);
+                t.6 += usize::from(trace_ok);
                 if let Some(e) = err {
                     t.4.push(e);
                 }
@@ -249,16 +269,17 @@ fn informed_sweep_over_the_devset() {
         "\n{:<17} {:>6} {:>10} {:>10} {:>14} {:>14} {:>10}",
         "attack", "leaks", "informed", "blind", "corner median", "corner max", "s/leak"
     );
-    for (name, n, inf, blind, mut errs, time) in totals {
+    for (name, n, inf, blind, mut errs, time, trace) in totals {
         errs.sort_by(f64::total_cmp);
         let median = errs.get(errs.len() / 2).copied().unwrap_or(f64::NAN);
         let max = errs.last().copied().unwrap_or(f64::NAN);
         println!(
-            "{:<17} {:>6} {:>9.0}% {:>9.0}% {:>14.2} {:>14.2} {:>10.2}",
+            "{:<17} {:>6} {:>9.0}% {:>9.0}% {:>9.0}% {:>14.2} {:>14.2} {:>10.2}",
             name,
             n,
             100.0 * inf as f64 / n as f64,
             100.0 * blind as f64 / n as f64,
+            100.0 * trace as f64 / n as f64,
             median,
             max,
             time.as_secs_f64() / n as f64

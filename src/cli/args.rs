@@ -75,6 +75,10 @@ pub enum Command {
         /// Print one JSON object per input per line instead of text.
         #[arg(long)]
         json: bool,
+        /// The unmarked original the inputs were made from: read them in
+        /// informed mode (registered on it, the original subtracted).
+        #[arg(long, value_name = "FILE")]
+        original: Option<PathBuf>,
         /// Images, or folders searched for images.
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,

@@ -289,6 +289,7 @@ fn trace_luma(
                 variant: Some(u32::from(original.document.variant)),
                 known_copies: original.copies.clone(),
                 extra_hypotheses: total - own,
+                ..InformedOptions::default()
             },
         );
         let better = match &best {

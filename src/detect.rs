@@ -84,7 +84,8 @@ pub struct Detection {
     pub score: f64,
     /// Hypotheses charged (geometric candidates × serials tested).
     pub hypotheses: u64,
-    /// `"blind"` or `"ledger"`: how the winning serial was obtained.
+    /// `"blind"`, `"ledger"` or `"informed"` (registered on the original,
+    /// [`crate::informed`]): how the winning serial was obtained.
     pub mode: &'static str,
     /// Geometry of the best hypothesis, when detected.
     pub geometry: Option<Geometry>,

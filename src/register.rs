@@ -141,8 +141,11 @@ pub struct Registration {
 /// a crop to 10 % of the area still spans ~40 px of it; larger makes the
 /// search (one FFT pair per rotation × scale) slower.
 const COARSE_PX: usize = 128;
-/// FFT side for the coarse search: twice the thumbnail, so lags do not wrap.
-const COARSE_FFT: usize = 2 * COARSE_PX;
+/// Scales at which the leak spans less than this share of the original's
+/// long side are searched again on a thumbnail twice as large.
+const SMALL_PART: f64 = 0.5;
+/// Extra candidates refined from that second search.
+const SMALL_PART_CANDIDATES: usize = 2;
 /// Scale range searched, leak pixels per original pixel: a downscale to
 /// 1/8 up to an enlargement ×2.5.
 const SCALE_MIN: f64 = 0.12;
@@ -183,7 +186,26 @@ pub fn register(leak: &Plane, original: &Plane) -> Option<Registration> {
     }
     let o_pyr = Pyramid::new(original);
     let l_pyr = Pyramid::new(leak);
-    let coarse = coarse_candidates(&l_pyr, &o_pyr);
+    let mut coarse = Vec::new();
+    let all = coarse_candidates(&l_pyr, &o_pyr, COARSE_PX, |_| true);
+    pick_distinct(&all, &mut coarse, REFINE_CANDIDATES, o_pyr.full, l_pyr.full);
+    // A leak showing a small part of the original is only a few dozen
+    // pixels of the coarse thumbnail: search those scales again at twice
+    // the resolution, and refine its best too.
+    let (l_long, o_long) = (
+        leak.width.max(leak.height) as f64,
+        original.width.max(original.height) as f64,
+    );
+    let small = coarse_candidates(&l_pyr, &o_pyr, 2 * COARSE_PX, |s| {
+        l_long / s < SMALL_PART * o_long
+    });
+    pick_distinct(
+        &small,
+        &mut coarse,
+        REFINE_CANDIDATES + SMALL_PART_CANDIDATES,
+        o_pyr.full,
+        l_pyr.full,
+    );
     let candidates = coarse.len();
     // Every candidate on the coarse levels, the best one on the fine levels.
     let refined: Vec<(Homography, f64)> = coarse
@@ -393,12 +415,18 @@ fn rotation_candidates(leak: &Plane, original: &Plane) -> Vec<(f64, bool)> {
     out
 }
 
-/// The coarse similarity candidates (original → leak), best first.
-fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
-    let o_level = o_pyr.level_near(COARSE_PX);
+/// The coarse similarity candidates (original → leak) with their scores,
+/// from a search on a `thumb_px` thumbnail over the scales `keep` accepts.
+fn coarse_candidates(
+    l_pyr: &Pyramid,
+    o_pyr: &Pyramid,
+    thumb_px: usize,
+    keep: impl Fn(f64) -> bool + Sync,
+) -> Vec<(f64, Homography)> {
+    let o_level = o_pyr.level_near(thumb_px);
     let ol = &o_level.img;
     let [ax, ay] = o_level.scale;
-    let n = COARSE_FFT;
+    let n = 2 * thumb_px;
     let fft = Fft2::new(n, n);
     let mut fo = vec![Complex32::new(0.0, 0.0); n * n];
     for y in 0..ol.height.min(n) {
@@ -413,6 +441,7 @@ fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
     let grid: Vec<(f64, bool, f64)> = rotations
         .iter()
         .flat_map(|&(t, m)| (0..=steps).map(move |k| (t, m, SCALE_MIN * SCALE_STEP.powi(k as i32))))
+        .filter(|g| keep(g.2))
         .collect();
     let (lw, lh) = (l_pyr.full[0] as f64, l_pyr.full[1] as f64);
     let mut scored: Vec<(f64, Homography)> = grid
@@ -437,8 +466,8 @@ fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
             let (y0, y1) = corners.iter().fold((f64::MAX, f64::MIN), |acc, c| {
                 (acc.0.min(c.1), acc.1.max(c.1))
             });
-            let cw = ((x1 - x0).ceil() as usize).min(COARSE_PX);
-            let ch = ((y1 - y0).ceil() as usize).min(COARSE_PX);
+            let cw = ((x1 - x0).ceil() as usize).min(thumb_px);
+            let ch = ((y1 - y0).ceil() as usize).min(thumb_px);
             if cw < 8 || ch < 8 {
                 return None;
             }
@@ -515,31 +544,40 @@ fn coarse_candidates(l_pyr: &Pyramid, o_pyr: &Pyramid) -> Vec<Homography> {
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    // Keep distinct candidates: a neighbour on the scale grid with the same
-    // translation is the same answer.
-    let mut out: Vec<Homography> = Vec::new();
-    let (cx, cy) = (o_pyr.full[0] as f64 / 2.0, o_pyr.full[1] as f64 / 2.0);
+    scored
+}
+
+/// Adds the best of `scored` to `out` until it holds `limit`, skipping
+/// near-duplicates: a neighbour on the scale grid with the same
+/// translation is the same answer.
+fn pick_distinct(
+    scored: &[(f64, Homography)],
+    out: &mut Vec<Homography>,
+    limit: usize,
+    o_full: [usize; 2],
+    l_full: [usize; 2],
+) {
+    let (cx, cy) = (o_full[0] as f64 / 2.0, o_full[1] as f64 / 2.0);
+    let l_long = l_full[0].max(l_full[1]) as f64;
+    let det = |h: &Homography| h.0[0] * h.0[4] - h.0[1] * h.0[3];
     for (_, h) in scored {
+        if out.len() >= limit {
+            break;
+        }
         let Some(p) = h.map(cx, cy) else { continue };
         let near = out.iter().any(|g| {
             let q = g.map(cx, cy).unwrap_or((f64::MAX, f64::MAX));
-            let scale_ratio = (g.0[0] * g.0[4] - g.0[1] * g.0[3]).abs().sqrt()
-                / (h.0[0] * h.0[4] - h.0[1] * h.0[3]).abs().sqrt();
-            let same_turn = (g.0[0] * h.0[0] + g.0[1] * h.0[1]) > 0.0
-                && (g.0[0] * g.0[4] - g.0[1] * g.0[3]).signum()
-                    == (h.0[0] * h.0[4] - h.0[1] * h.0[3]).signum();
+            let scale_ratio = det(g).abs().sqrt() / det(h).abs().sqrt();
+            let same_turn =
+                (g.0[0] * h.0[0] + g.0[1] * h.0[1]) > 0.0 && det(g).signum() == det(h).signum();
             same_turn
                 && (0.85..1.18).contains(&scale_ratio)
-                && ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2)).sqrt() < 0.05 * lw.max(lh)
+                && ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2)).sqrt() < 0.05 * l_long
         });
         if !near {
-            out.push(h);
-        }
-        if out.len() == REFINE_CANDIDATES {
-            break;
+            out.push(*h);
         }
     }
-    out
 }
 
 /// Refines a homography (original → leak, full resolution) coarse to fine;

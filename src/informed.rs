@@ -94,12 +94,17 @@ pub fn informed_hypotheses(copies: usize) -> u64 {
 /// use leakmark::informed::{detect_informed, InformedOptions};
 ///
 /// let key = leakmark::SecretKey::from_bytes([7; 32]);
-/// let original = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(400, 300, |x, y| {
-///     image::Rgb([((x * 7 + y * 3) % 251) as u8, (x % 200) as u8, ((x / 9 + y / 7) % 2 * 200) as u8])
+/// // A non-repeating "drawing": grey blocks of hashed shades.
+/// let original = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(480, 360, |x, y| {
+///     let cell = (x / 24).wrapping_mul(2_654_435_761) ^ (y / 20).wrapping_mul(40_503);
+///     let v = 40 + (cell >> 7) % 180;
+///     image::Rgb([v as u8, v as u8, v as u8])
 /// }));
 /// let variant = leakmark::embed::variant_for_image(&key, &original);
 /// let marked = leakmark::embed::embed(&key, &original, 42, variant)?.image;
-/// let found = detect_informed(&key, &marked, &original, &InformedOptions::default());
+/// // The leak: the marked copy at 70 %.
+/// let leak = marked.resize(336, 252, image::imageops::FilterType::Triangle);
+/// let found = detect_informed(&key, &leak, &original, &InformedOptions::default());
 /// assert_eq!(found.detection.serial, Some(42));
 /// assert_eq!(found.detection.mode, "informed");
 /// # Ok::<(), leakmark::Error>(())
@@ -136,7 +141,13 @@ pub fn detect_informed_luma(
             variants.push(v);
         }
     }
-    let copies_of = |v: u32| options.known_copies.iter().filter(|c| c.variant == v).count();
+    let copies_of = |v: u32| {
+        options
+            .known_copies
+            .iter()
+            .filter(|c| c.variant == v)
+            .count()
+    };
     let hypotheses = variants
         .iter()
         .map(|&v| informed_hypotheses(copies_of(v)))

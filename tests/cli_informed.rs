@@ -133,7 +133,14 @@ fn detect_with_an_original_reads_an_embed_copy_in_informed_mode() {
 
     let out = command(
         dir,
-        &["detect", "--json", "--original", "car.png", "leak.png", "car.png"],
+        &[
+            "detect",
+            "--json",
+            "--original",
+            "car.png",
+            "leak.png",
+            "car.png",
+        ],
     );
     assert_ok(&out, "detect --original");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)

@@ -12,9 +12,9 @@ use image::{DynamicImage, Rgb, RgbImage};
 use leakmark::attack::{self, Attack};
 use leakmark::detect::{self, DetectOptions};
 use leakmark::informed::{detect_informed, informed_hypotheses, InformedOptions};
-use leakmark::stats::{false_alarm, REPORT_THRESHOLD};
 use leakmark::plane::Plane;
 use leakmark::register::Registration;
+use leakmark::stats::{false_alarm, REPORT_THRESHOLD};
 
 fn sample(name: &str) -> RgbImage {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -238,7 +238,8 @@ fn informed_sweep_over_the_devset() {
                 // What `trace` does: informed first, blind when that finds
                 // nothing, every hypothesis of both charged.
                 let both = informed_hypotheses(0) + detect::hypotheses_charged(0);
-                let trace_ok = (inf_ok && false_alarm(inf.detection.score, both) <= REPORT_THRESHOLD)
+                let trace_ok = (inf_ok
+                    && false_alarm(inf.detection.score, both) <= REPORT_THRESHOLD)
                     || (blind_ok && false_alarm(blind.score, both) <= REPORT_THRESHOLD);
                 let err = inf.registration.as_ref().and_then(|r| {
                     witness_error(r, &attack::apply(attack, &wit, seed), &points, spacing)
@@ -266,8 +267,8 @@ fn informed_sweep_over_the_devset() {
         }
     }
     println!(
-        "\n{:<17} {:>6} {:>10} {:>10} {:>14} {:>14} {:>10}",
-        "attack", "leaks", "informed", "blind", "corner median", "corner max", "s/leak"
+        "\n{:<17} {:>6} {:>10} {:>10} {:>10} {:>14} {:>14} {:>10}",
+        "attack", "leaks", "informed", "blind", "trace", "corner median", "corner max", "s/leak"
     );
     for (name, n, inf, blind, mut errs, time, trace) in totals {
         errs.sort_by(f64::total_cmp);

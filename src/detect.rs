@@ -23,6 +23,9 @@ use crate::plane::Plane;
 use crate::stats;
 use crate::sync::{self, Lattice, Prepared};
 
+/// Informed detection (with the archived original) lives in [`crate::informed`].
+pub use crate::informed::{detect_informed, InformedDetection, InformedOptions};
+
 /// Rows per parallel block when folding.
 const FOLD_ROWS: usize = 32;
 /// Folded tile side, in bins (two per chip).
@@ -81,7 +84,8 @@ pub struct Detection {
     pub score: f64,
     /// Hypotheses charged (geometric candidates × serials tested).
     pub hypotheses: u64,
-    /// `"blind"` or `"ledger"`: how the winning serial was obtained.
+    /// `"blind"`, `"ledger"` or `"informed"` (registered on the original,
+    /// [`crate::informed`]): how the winning serial was obtained.
     pub mode: &'static str,
     /// Geometry of the best hypothesis, when detected.
     pub geometry: Option<Geometry>,
@@ -893,4 +897,106 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
             mul3(&sc, &chip_to_px)
         }),
     }
+}
+
+/// Sync evidence needed before an informed reading trusts the sync chips'
+/// shift over the registration's (a wrong shift from noise stays below it:
+/// the maximum over 128² shifts of one variant and flip is ≈ 4.3 σ).
+const INFORMED_RESYNC_Z: f64 = 5.5;
+
+/// What an informed reading found: the best hypothesis on a residual that
+/// is already on the issued grid.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GridReading {
+    /// Verify-chip score of the best hypothesis.
+    pub z: f64,
+    /// Its serial.
+    pub serial: u32,
+    /// Whether the serial came from the known copies rather than blind decoding.
+    pub from_ledger: bool,
+    /// Sync correlation at the best shift, in standard deviations.
+    pub sync_z: f64,
+    /// Shift (in half-chip bins) the sync chips asked for; (0, 0) when the
+    /// registration was kept as is.
+    pub shift_bins: (usize, usize),
+}
+
+/// Informed reading: `residual` is laid on the issued copy's own chip grid
+/// (chip (0, 0) at `origin_px`, `chip_px` pixels per chip on each axis), so
+/// no lattice, flip or variant search is needed. Folds it, lets the sync
+/// chips correct the shift when they clearly disagree with the
+/// registration, decodes the serial from the data chips and scores it, and
+/// every known copy of `variant`, on the verify chips. Neither the fold nor
+/// the shift looks at the verify chips, so the bound of [`crate::stats`]
+/// holds for each hypothesis scored here: one blind serial plus the copies.
+pub(crate) fn read_on_grid(
+    key: &SecretKey,
+    residual: &Plane,
+    chip_px: [f64; 2],
+    origin_px: [f64; 2],
+    variant: u32,
+    known: &[KnownCopy],
+) -> GridReading {
+    let frame = Frame {
+        m: [
+            1.0 / chip_px[0],
+            0.0,
+            -origin_px[0] / chip_px[0],
+            0.0,
+            1.0 / chip_px[1],
+            -origin_px[1] / chip_px[1],
+            0.0,
+            0.0,
+            1.0,
+        ],
+    };
+    let folded = fold(residual, &frame);
+    let layout = Layout::new(key, variant);
+    let spectrum = sync_spectrum(&layout);
+    let mut alignment = Alignment {
+        sync_z: 0.0,
+        variant,
+        dihedral: 0,
+        shift: (0, 0),
+    };
+    if let Some(found) = align(&folded, std::slice::from_ref(&spectrum), Some(0)) {
+        alignment.sync_z = found.sync_z;
+        if found.sync_z >= INFORMED_RESYNC_Z {
+            alignment.shift = found.shift;
+        }
+    }
+    let chips = read_chips(&folded, &alignment);
+    let verify: Vec<f32> = layout
+        .verify_idx
+        .iter()
+        .map(|&i| chips[i as usize])
+        .collect();
+    let serial = decode_serial(&layout, &chips);
+    let z = stats::normalized_correlation(&Layout::verify_signs(key, variant, serial), &verify);
+    let mut best = GridReading {
+        z,
+        serial,
+        from_ledger: false,
+        sync_z: alignment.sync_z,
+        shift_bins: alignment.shift,
+    };
+    for copy in known.iter().filter(|c| c.variant == variant) {
+        let z = stats::normalized_correlation(
+            &Layout::verify_signs(key, copy.variant, copy.serial),
+            &verify,
+        );
+        if z > best.z {
+            best.z = z;
+            best.serial = copy.serial;
+            best.from_ledger = true;
+        }
+    }
+    best
+}
+
+/// Hypotheses [`detect_luma`] charges with `known_copies` copies in its
+/// options, fixed before it runs: a caller that may also test other
+/// hypotheses on the same leak (informed mode) adds this to its own charge.
+pub fn hypotheses_charged(known_copies: usize) -> u64 {
+    MAX_READINGS as u64 * (1 + known_copies as u64)
 }

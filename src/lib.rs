@@ -8,12 +8,14 @@ pub mod embed;
 pub mod error;
 pub mod fft;
 pub mod imageio;
+pub mod informed;
 pub mod key;
 pub mod ledger;
 pub mod mask;
 pub mod pattern;
 pub mod payload;
 pub mod plane;
+pub mod register;
 pub mod stats;
 pub mod sync;
 

@@ -75,6 +75,10 @@ pub enum Command {
         /// Print one JSON object per input per line instead of text.
         #[arg(long)]
         json: bool,
+        /// The unmarked original the inputs were made from: read them in
+        /// informed mode (registered on it, the original subtracted).
+        #[arg(long, value_name = "FILE")]
+        original: Option<PathBuf>,
         /// Images, or folders searched for images.
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
@@ -93,12 +97,17 @@ pub enum Command {
     Issue(IssueArgs),
 
     /// Trace leaked images back to the copy, its recipient and the
-    /// recipient's chain up the supplier tree.
+    /// recipient's chain up the supplier tree. Uses informed mode (leak
+    /// registered on the archived original) whenever the original is at hand.
     #[command(after_help = EXIT_STATUS)]
     Trace {
         /// Print one JSON object per leak per line instead of text.
         #[arg(long)]
         json: bool,
+        /// A folder holding archived originals (found by SHA-256); without
+        /// it, each document's original is read from where `issue` recorded it.
+        #[arg(long, value_name = "DIR")]
+        originals: Option<PathBuf>,
         /// Leaked images, or folders searched for images.
         #[arg(required = true, value_name = "LEAK")]
         inputs: Vec<PathBuf>,

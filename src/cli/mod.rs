@@ -63,11 +63,19 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             input,
             output,
         } => commands::embed::run(&ctx, &payload, &input, &output),
-        Command::Detect { json, inputs } => commands::detect::run(&ctx, &inputs, json),
+        Command::Detect {
+            json,
+            original,
+            inputs,
+        } => commands::detect::run(&ctx, &inputs, json, original.as_deref()),
         Command::Ledger(cmd) => commands::ledger::run(&ctx, cmd),
         Command::Supplier(cmd) => commands::supplier::run(&ctx, cmd),
         Command::Issue(args) => commands::issue::run(&ctx, &args),
-        Command::Trace { json, inputs } => commands::trace::run(&ctx, &inputs, json),
+        Command::Trace {
+            json,
+            originals,
+            inputs,
+        } => commands::trace::run(&ctx, &inputs, json, originals.as_deref()),
         Command::Audit(args) => commands::audit::run(&ctx, &args),
         Command::Demo { dir } => commands::demo::run(&ctx, dir.as_deref()),
     }

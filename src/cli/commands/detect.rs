@@ -1,10 +1,14 @@
-//! `leakmark detect --key KEY [--json] INPUT...`: blind detection, in
-//! parallel over files, one line per input.
+//! `leakmark detect --key KEY [--json] [--original FILE] INPUT...`: blind
+//! detection (or informed, against one original), in parallel over files,
+//! one line per input.
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use leakmark::detect::{self, DetectOptions, Detection, MIN_LEAK_PX};
-use leakmark::{imageio, SecretKey};
+use leakmark::informed::{self, InformedOptions};
+use leakmark::plane::Plane;
+use leakmark::{embed, imageio, ledger, pattern, SecretKey};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -12,15 +16,23 @@ use crate::cli::output::{self, JsonObject, PROGRESS_MIN_FILES};
 use crate::cli::{Context, Status};
 
 /// Looks for a mark in every input; prints one line (or JSON object) each.
-pub fn run(ctx: &Context, inputs: &[PathBuf], json: bool) -> anyhow::Result<Status> {
+pub fn run(
+    ctx: &Context,
+    inputs: &[PathBuf],
+    json: bool,
+    original: Option<&Path>,
+) -> anyhow::Result<Status> {
     let key = ctx.load_key()?;
     let files = output::expand_inputs(inputs)?;
     let limits = ctx.limits();
+    let original = original
+        .map(|p| load_original(&key, p, &limits))
+        .transpose()?;
     let bar = output::progress(files.len(), PROGRESS_MIN_FILES, "detecting");
     let mut tally = Tally::default();
     output::for_each_ordered(
         &files,
-        |path| detect_file(&key, path, &limits),
+        |path| detect_file(&key, path, &limits, original.as_ref()),
         |_, path, result| {
             bar.inc(1);
             match result {
@@ -83,13 +95,65 @@ impl Tally {
     }
 }
 
+/// An original for informed mode: its luma and the two pattern variants a
+/// copy of it may carry (`issue` derives it from the file's SHA-256,
+/// `embed` from the pixels); both are read, and both charged.
+struct Original {
+    luma: Plane,
+    variants: [u32; 2],
+}
+
+fn load_original(
+    key: &SecretKey,
+    path: &Path,
+    limits: &imageio::LoadLimits,
+) -> anyhow::Result<Original> {
+    let loaded = imageio::load(path, limits)
+        .with_context(|| format!("cannot use {} as the original", path.display()))?;
+    let sha = ledger::sha256_file(path)?;
+    let digest: Vec<u8> = (0..sha.len() / 2)
+        .filter_map(|i| u8::from_str_radix(sha.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    Ok(Original {
+        luma: Plane::luma(&loaded.image),
+        variants: [
+            pattern::document_variant(key, &digest),
+            embed::variant_for_image(key, &loaded.image),
+        ],
+    })
+}
+
 fn detect_file(
     key: &SecretKey,
     path: &Path,
     limits: &imageio::LoadLimits,
+    original: Option<&Original>,
 ) -> anyhow::Result<(Detection, Option<String>)> {
     let loaded = imageio::load(path, limits)?;
-    let detection = detect::detect(key, &loaded.image, &DetectOptions::default());
+    let detection = match original {
+        None => detect::detect(key, &loaded.image, &DetectOptions::default()),
+        Some(o) => {
+            let found = informed::detect_informed_luma(
+                key,
+                &Plane::luma(&loaded.image),
+                &o.luma,
+                o.variants[0],
+                &InformedOptions {
+                    also_variants: vec![o.variants[1]],
+                    ..InformedOptions::default()
+                },
+            );
+            let mut d = found.detection;
+            if found.registration.is_none() && !d.too_small {
+                let note = "the input does not register on the original (not made from it, or too little of it left)";
+                return Ok((d, Some(note.to_string())));
+            }
+            if let (Some(r), true) = (found.registration, d.detected) {
+                d.candidates = r.candidates;
+            }
+            d
+        }
+    };
     Ok((detection, loaded.frames_note))
 }
 
@@ -102,8 +166,13 @@ fn human_line(path: &Path, d: &Detection) -> String {
             .as_ref()
             .map(|g| format!(", {}", output::format_geometry(g, None)))
             .unwrap_or_default();
+        let mode = if d.mode == "informed" {
+            ", informed mode"
+        } else {
+            ""
+        };
         format!(
-            "{path}: payload {serial}, p = {}{geometry}",
+            "{path}: payload {serial}, p = {}{mode}{geometry}",
             output::format_p(d.false_alarm_probability)
         )
     } else if d.too_small {

@@ -6,14 +6,25 @@
 //! died after writing the file) is tested as a hypothesis, which is more
 //! robust than decoding bits; the detector's blind decoding still runs for
 //! serials the ledger does not know.
+//!
+//! When the original of a document is at hand (the ledger's archived path,
+//! if its SHA-256 still matches, or a file in `--originals DIR` with the
+//! document's SHA-256), the leak is first read in informed mode against
+//! the originals that look most like it; blind/ledger mode runs when that
+//! finds nothing. Every hypothesis of both modes is charged in every
+//! reported probability.
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use leakmark::detect::{self, DetectOptions, Detection, KnownCopy, MIN_LEAK_PX};
 use leakmark::embed::chip_px_for;
 use leakmark::imageio::{self, LoadLimits};
-use leakmark::ledger::{self, IssuedCopy, Ledger, Supplier};
-use leakmark::SecretKey;
+use leakmark::informed::{self, InformedOptions};
+use leakmark::ledger::{self, Document, IssuedCopy, Ledger, Supplier};
+use leakmark::plane::Plane;
+use leakmark::register::{Descriptor, Registration};
+use leakmark::{stats, SecretKey};
 use serde_json::Value;
 
 use super::detect::{detection_json, path_value, to_value, Tally};
@@ -21,24 +32,33 @@ use crate::cli::output::{self, JsonObject, PROGRESS_MIN_FILES};
 use crate::cli::{key_and_ledger, Context, Status};
 
 /// Traces every leak; prints one line (or JSON object) each.
-pub fn run(ctx: &Context, inputs: &[PathBuf], json: bool) -> anyhow::Result<Status> {
+pub fn run(
+    ctx: &Context,
+    inputs: &[PathBuf],
+    json: bool,
+    originals_dir: Option<&Path>,
+) -> anyhow::Result<Status> {
     let (key, mut ledger) = key_and_ledger(ctx)?;
     let files = output::expand_inputs(inputs)?;
     let known = ledger.issued_copies(true)?;
     let options = detect_options(&known);
     let limits = ctx.limits();
+    let (originals, notes) = load_originals(&ledger, &known, originals_dir, &limits)?;
     let bar = output::progress(files.len(), PROGRESS_MIN_FILES, "tracing");
+    for note in &notes {
+        output::note_line(&bar, note);
+    }
     let mut tally = Tally::default();
     output::for_each_ordered(
         &files,
-        |path| trace_file(&key, path, &limits, &options),
+        |path| trace_file(&key, path, &limits, &options, &originals),
         |_, path, result| {
             bar.inc(1);
             let outcome = result.and_then(|leak| {
                 if let Some(note) = &leak.frames_note {
                     output::note_line(&bar, &format!("{}: {note}", path.display()));
                 }
-                let report = Report::build(&ledger, leak.detection, known.len())?;
+                let report = Report::build(&ledger, leak.detection, known.len(), leak.informed)?;
                 let obj = report.json(path);
                 let recorded = std::path::absolute(path).unwrap_or_else(|_| path.clone());
                 ledger.record_trace(&recorded, &leak.sha256, &obj.to_string())?;
@@ -73,8 +93,9 @@ pub fn trace_one(
 ) -> anyhow::Result<Report> {
     let known = ledger.issued_copies(true)?;
     let options = detect_options(&known);
-    let leak = output::guarded(|| trace_file(key, path, limits, &options))?;
-    let report = Report::build(ledger, leak.detection, known.len())?;
+    let (originals, _) = load_originals(ledger, &known, None, limits)?;
+    let leak = output::guarded(|| trace_file(key, path, limits, &options, &originals))?;
+    let report = Report::build(ledger, leak.detection, known.len(), leak.informed)?;
     let recorded = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     ledger.record_trace(&recorded, &leak.sha256, &report.json(path).to_string())?;
     Ok(report)
@@ -98,7 +119,112 @@ fn detect_options(known: &[IssuedCopy]) -> DetectOptions {
 struct Leak {
     sha256: String,
     detection: Detection,
+    informed: Option<InformedNote>,
     frames_note: Option<String>,
+}
+
+/// An archived original the ledger vouches for, ready for informed mode.
+pub struct Original {
+    document: Document,
+    path: PathBuf,
+    luma: Plane,
+    descriptor: Descriptor,
+    copies: Vec<KnownCopy>,
+}
+
+/// Originals registered per leak when the ledger holds more: the ones
+/// whose global descriptor is closest to the leak's.
+const ORIGINALS_PER_LEAK: usize = 3;
+
+/// What informed mode did on one leak, for the report.
+#[derive(Clone, Debug)]
+pub struct InformedNote {
+    /// The document whose original the leak was registered on.
+    pub document: String,
+    /// The original's file.
+    pub original_path: PathBuf,
+    /// The original's size, pixels.
+    pub original_size: [u32; 2],
+    /// Where the leak sits on it.
+    pub registration: Registration,
+}
+
+/// The originals available for informed mode: for each document of the
+/// ledger, a file in `dir` with the document's SHA-256, or else its
+/// archived `original_path` if that file still has the recorded SHA-256.
+/// A changed or missing archived original is not used; each gets a note.
+pub fn load_originals(
+    ledger: &Ledger,
+    known: &[IssuedCopy],
+    dir: Option<&Path>,
+    limits: &LoadLimits,
+) -> anyhow::Result<(Vec<Original>, Vec<String>)> {
+    let documents = ledger.documents()?;
+    let mut by_hash: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(dir) = dir {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "--originals {} is not a folder: give the folder holding the archived originals",
+                dir.display()
+            );
+        }
+        for file in output::expand_inputs(&[dir.to_path_buf()])? {
+            by_hash.push((ledger::sha256_file(&file)?, file));
+        }
+    }
+    let mut notes = Vec::new();
+    let mut out = Vec::new();
+    for doc in documents {
+        let path = if let Some((_, p)) = by_hash.iter().find(|(h, _)| *h == doc.sha256) {
+            p.clone()
+        } else if let Some(p) = &doc.original_path {
+            match ledger::sha256_file(p) {
+                Ok(h) if h == doc.sha256 => p.clone(),
+                Ok(_) => {
+                    notes.push(format!(
+                        "the original of {} at {} has changed since it was issued (its SHA-256 differs \
+                         from the ledger's); it is not used: restore the archived file or pass \
+                         --originals DIR holding the unchanged original",
+                        doc.name,
+                        p.display()
+                    ));
+                    continue;
+                }
+                Err(_) => {
+                    if dir.is_none() {
+                        notes.push(format!(
+                            "the original of {} is not at {} any more; tracing without it \
+                             (pass --originals DIR to use informed mode)",
+                            doc.name,
+                            p.display()
+                        ));
+                    }
+                    continue;
+                }
+            }
+        } else {
+            continue;
+        };
+        let loaded = imageio::load(&path, limits)
+            .with_context(|| format!("cannot load the original of {}", doc.name))?;
+        let luma = Plane::luma(&loaded.image);
+        let copies = known
+            .iter()
+            .filter(|c| c.document_id == doc.id)
+            .map(|c| KnownCopy {
+                variant: u32::from(c.variant),
+                serial: c.serial,
+            })
+            .collect();
+        out.push(Original {
+            descriptor: Descriptor::of(&luma),
+            luma,
+            path,
+            copies,
+            document: doc,
+        });
+    }
+    Ok((out, notes))
 }
 
 fn trace_file(
@@ -106,15 +232,104 @@ fn trace_file(
     path: &Path,
     limits: &LoadLimits,
     options: &DetectOptions,
+    originals: &[Original],
 ) -> anyhow::Result<Leak> {
     let loaded = imageio::load(path, limits)?;
     let sha256 = ledger::sha256_file(path)?;
-    let detection = detect::detect(key, &loaded.image, options);
+    let luma = Plane::luma(&loaded.image);
+    let (detection, informed) = trace_luma(key, &luma, options, originals);
     Ok(Leak {
         sha256,
         detection,
+        informed,
         frames_note: loaded.frames_note,
     })
+}
+
+/// Informed mode on the originals most like the leak, then blind/ledger
+/// mode if that found nothing. The charge is fixed before anything runs:
+/// every informed reading that may be made plus the blind search.
+fn trace_luma(
+    key: &SecretKey,
+    luma: &Plane,
+    options: &DetectOptions,
+    originals: &[Original],
+) -> (Detection, Option<InformedNote>) {
+    let mut picked: Vec<&Original> = originals.iter().collect();
+    if picked.len() > ORIGINALS_PER_LEAK {
+        let d = Descriptor::of(luma);
+        // Most similar first; ties to the ledger's order.
+        let mut scored: Vec<(f64, usize)> = picked
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (d.similarity(&o.descriptor), i))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        picked = scored
+            .iter()
+            .take(ORIGINALS_PER_LEAK)
+            .map(|&(_, i)| picked[i])
+            .collect();
+    }
+    let blind = detect::hypotheses_charged(options.known_copies.len());
+    let informed_total: u64 = picked
+        .iter()
+        .map(|o| informed::informed_hypotheses(o.copies.len()))
+        .sum();
+    let total = blind.saturating_add(informed_total);
+    let mut best: Option<(informed::InformedDetection, &Original)> = None;
+    for original in &picked {
+        let own = informed::informed_hypotheses(original.copies.len());
+        let found = informed::detect_informed_luma(
+            key,
+            luma,
+            &original.luma,
+            u32::from(original.document.variant),
+            &InformedOptions {
+                variant: Some(u32::from(original.document.variant)),
+                known_copies: original.copies.clone(),
+                extra_hypotheses: total - own,
+                ..InformedOptions::default()
+            },
+        );
+        let better = match &best {
+            None => true,
+            Some((b, _)) => {
+                // A registration beats none; then the stronger score.
+                (found.registration.is_some(), found.detection.score)
+                    > (b.registration.is_some(), b.detection.score)
+            }
+        };
+        if better {
+            best = Some((found, original));
+        }
+    }
+    let note = best.as_ref().and_then(|(f, o)| {
+        f.registration.clone().map(|registration| InformedNote {
+            document: o.document.name.clone(),
+            original_path: o.path.clone(),
+            original_size: [o.document.width, o.document.height],
+            registration,
+        })
+    });
+    if let Some((found, _)) = &best {
+        if found.detection.detected {
+            return (found.detection.clone(), note);
+        }
+    }
+    let mut detection = detect::detect_luma(key, luma, options);
+    if !picked.is_empty() {
+        // The informed readings were tried too: charge them.
+        detection.hypotheses = total;
+        detection.false_alarm_probability = stats::false_alarm(detection.score, total);
+        if detection.false_alarm_probability > stats::REPORT_THRESHOLD {
+            detection.detected = false;
+            detection.serial = None;
+            detection.variant = None;
+            detection.geometry = None;
+        }
+    }
+    (detection, note)
 }
 
 /// A detection joined with what the ledger knows about its serial.
@@ -129,10 +344,17 @@ pub struct Report {
     pub issued_chip_px: Option<f64>,
     /// Copies tested as hypotheses.
     pub copies_tested: usize,
+    /// What informed mode did, when an original was at hand and the leak registered on it.
+    pub informed: Option<InformedNote>,
 }
 
 impl Report {
-    fn build(ledger: &Ledger, detection: Detection, copies_tested: usize) -> anyhow::Result<Self> {
+    fn build(
+        ledger: &Ledger,
+        detection: Detection,
+        copies_tested: usize,
+        informed: Option<InformedNote>,
+    ) -> anyhow::Result<Self> {
         let copy = match detection.serial.filter(|_| detection.detected) {
             Some(serial) => ledger.copy_by_serial(serial)?,
             None => None,
@@ -153,7 +375,19 @@ impl Report {
             chain,
             issued_chip_px,
             copies_tested,
+            informed,
         })
+    }
+
+    /// Where the leak sits on the original, for people: `covers x 10–900,
+    /// y 0–640 of the original floor_plan.png (2002×1412)`.
+    pub fn covered_text(&self) -> Option<String> {
+        let n = self.informed.as_ref()?;
+        let [x0, y0, x1, y1] = n.registration.covered;
+        Some(format!(
+            "covers x {x0}–{x1}, y {y0}–{y1} of the original {} ({}×{})",
+            n.document, n.original_size[0], n.original_size[1]
+        ))
     }
 
     /// The chain as `vendor -> tier-one`.
@@ -170,19 +404,34 @@ impl Report {
         let d = &self.detection;
         let path = path.display();
         let p = output::format_p(d.false_alarm_probability);
-        let geometry = d
+        let mut geometry = d
             .geometry
             .as_ref()
             .map(|g| format!(", {}", output::format_geometry(g, self.issued_chip_px)))
             .unwrap_or_default();
+        if d.mode == "informed" {
+            if let Some(covered) = self.covered_text() {
+                geometry = format!("{geometry}, {covered}");
+            }
+        }
         if d.too_small {
             return format!(
                 "{path}: too small to decide (needs at least {MIN_LEAK_PX} px on the short side)"
             );
         }
         if !d.detected {
+            let informed = self
+                .informed
+                .as_ref()
+                .map(|n| {
+                    format!(
+                        ", and informed mode on the original of {} (registered, similarity {:.2})",
+                        n.document, n.registration.similarity
+                    )
+                })
+                .unwrap_or_default();
             return format!(
-                "{path}: no mark found (tried blind decoding and {} issued cop{} over {} geometric candidates; best p = {p})",
+                "{path}: no mark found (tried blind decoding and {} issued cop{} over {} geometric candidates{informed}; best p = {p})",
                 self.copies_tested,
                 if self.copies_tested == 1 { "y" } else { "ies" },
                 d.candidates
@@ -232,6 +481,13 @@ impl Report {
             .zip(self.issued_chip_px)
             .map(|(g, chip)| (g.px_per_chip[0] + g.px_per_chip[1]) / 2.0 / chip);
         obj.push("scale", to_value(&scale));
+        let informed = self.informed.as_ref();
+        obj.push("original", to_value(&informed.map(|n| &n.original_path)));
+        obj.push(
+            "covered_box",
+            to_value(&informed.map(|n| n.registration.covered)),
+        );
+        obj.push("registration", to_value(&informed.map(|n| &n.registration)));
         for (name, value) in detection_json(path, &self.detection).into_fields() {
             obj.push_new(&name, value);
         }

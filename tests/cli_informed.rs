@@ -1,0 +1,154 @@
+//! `leakmark trace` in informed mode: the original archived by `issue` is
+//! used automatically, said so, and refused once it has changed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use leakmark::attack::{self, Attack};
+
+fn command(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_leakmark"))
+        .current_dir(dir)
+        .args(["--key", "k.key", "--ledger", "leakmark.db"])
+        .args(args)
+        .env_remove("LEAKMARK_KEY")
+        .env_remove("LEAKMARK_LEDGER")
+        .output()
+        .expect("run the leakmark binary")
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn find_copy(dir: &Path, recipient_part: &str) -> PathBuf {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(recipient_part) {
+                return p;
+            }
+        }
+    }
+    panic!("no copy for {recipient_part} under {}", dir.display());
+}
+
+#[test]
+fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_leakmark"))
+        .current_dir(dir)
+        .args(["keygen", "--out", "k.key"])
+        .output()
+        .unwrap();
+    assert_ok(&keygen, "keygen");
+    assert_ok(&command(dir, &["ledger", "init"]), "ledger init");
+    for name in ["Alpha Plastics", "Beta Optics"] {
+        assert_ok(&command(dir, &["supplier", "add", name]), "supplier add");
+    }
+    let draft = dir.join("cupholder.png");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/drafts/cupholder_colour_study.png"),
+        &draft,
+    )
+    .unwrap();
+    assert_ok(
+        &command(dir, &["issue", "cupholder.png", "--all", "--out", "issued"]),
+        "issue",
+    );
+    // A phone photo of a screen showing Beta's copy, then a messenger's JPEG.
+    let copy = image::open(find_copy(&dir.join("issued"), "Beta"))
+        .unwrap()
+        .to_rgb8();
+    let chain = Attack::Chain(vec![
+        Attack::ScreenCamera { severity: 0.5 },
+        Attack::Jpeg { quality: 60 },
+    ]);
+    attack::apply(&chain, &copy, 3)
+        .save(dir.join("leak.png"))
+        .unwrap();
+
+    let out = command(dir, &["trace", "--json", "leak.png"]);
+    assert_ok(&out, "trace");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "informed", "{v}");
+    assert_eq!(v["recipient"], "Beta Optics", "{v}");
+    assert!(v["false_alarm_probability"].as_f64().unwrap() <= 1e-12);
+    let covered: Vec<u64> = serde_json::from_value(v["covered_box"].clone()).unwrap();
+    assert_eq!(covered.len(), 4);
+    assert!(
+        covered[2] > covered[0] + 500 && covered[3] > covered[1] + 300,
+        "{v}"
+    );
+
+    let human = command(dir, &["trace", "leak.png"]);
+    let line = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        line.contains("informed mode") && line.contains("covers x"),
+        "{line}"
+    );
+
+    // The archived original changes: it is not used, and the trace says why.
+    let mut changed = image::open(&draft).unwrap().to_rgb8();
+    changed.put_pixel(0, 0, image::Rgb([1, 2, 3]));
+    changed.save(&draft).unwrap();
+    let out = command(dir, &["trace", "--json", "leak.png"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has changed since it was issued"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(v["mode"], "informed", "{v}");
+}
+
+#[test]
+fn detect_with_an_original_reads_an_embed_copy_in_informed_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_leakmark"))
+        .current_dir(dir)
+        .args(["keygen", "--out", "k.key"])
+        .output()
+        .unwrap();
+    assert_ok(&keygen, "keygen");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/drafts/car_render_v3.png"),
+        dir.join("car.png"),
+    )
+    .unwrap();
+    assert_ok(
+        &command(dir, &["embed", "--payload", "9", "car.png", "marked.png"]),
+        "embed",
+    );
+    let marked = image::open(dir.join("marked.png")).unwrap().to_rgb8();
+    let leak = attack::apply(&Attack::Perspective { jitter: 0.2 }, &marked, 4);
+    leak.save(dir.join("leak.png")).unwrap();
+
+    let out = command(
+        dir,
+        &[
+            "detect",
+            "--json",
+            "--original",
+            "car.png",
+            "leak.png",
+            "car.png",
+        ],
+    );
+    assert_ok(&out, "detect --original");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["payload"], 9, "{}", lines[0]);
+    assert_eq!(lines[0]["mode"], "informed");
+    // The original itself carries no mark.
+    assert_eq!(lines[1]["detected"], false, "{}", lines[1]);
+}

@@ -211,6 +211,12 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         none.too_small = true;
         return none;
     }
+    // The charge is the most readings the search may ever evaluate, each
+    // testing the blind serial and every known copy: a constant, so the
+    // search may stop as soon as one reading clears the threshold (and a
+    // leak with no lattice at all reports the same charge).
+    let hypotheses = hypotheses_charged(options.known_copies.len());
+    none.hypotheses = hypotheses;
     let prepared = sync::prepare(luma);
     let lattices = sync::lattices(&prepared);
     if lattices.is_empty() {
@@ -250,10 +256,6 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         best
     };
 
-    // The charge is the most readings the search may ever evaluate, each
-    // testing the blind serial and every known copy: a constant, so the
-    // search may stop as soon as one reading clears the threshold.
-    let hypotheses = MAX_READINGS as u64 * (1 + options.known_copies.len() as u64);
     let threshold = stats::threshold(stats::REPORT_THRESHOLD, hypotheses);
     let mut readings: Vec<Reading> = Vec::new();
     let mut scored: Vec<(f64, u32, &'static str)> = Vec::new();

@@ -587,7 +587,7 @@ fn fit_homography(matches: &[Match]) -> Option<[f64; 9]> {
                 }
             }
         }
-        let hn = solve8(ata, atb)?;
+        let hn = solve8(ata, atb, 1e-12)?;
         // Undo the normalisation: H = Np⁻¹ · Hn · Nt.
         let hn = [hn[0], hn[1], hn[2], hn[3], hn[4], hn[5], hn[6], hn[7], 1.0];
         let nt = [
@@ -622,11 +622,13 @@ fn fit_homography(matches: &[Match]) -> Option<[f64; 9]> {
     }
 }
 
-/// Gaussian elimination with partial pivoting on an 8×8 system.
-fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8]) -> Option<[f64; 8]> {
+/// Gaussian elimination with partial pivoting on an 8×8 system; `None` when
+/// a pivot is below `min_pivot` (or NaN) or the solution is not finite.
+pub(crate) fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8], min_pivot: f64) -> Option<[f64; 8]> {
     for col in 0..8 {
         let pivot = (col..8).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        if a[pivot][col].abs() < 1e-12 {
+        let p = a[pivot][col].abs();
+        if p.is_nan() || p < min_pivot {
             return None;
         }
         a.swap(col, pivot);
@@ -645,7 +647,7 @@ fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8]) -> Option<[f64; 8]> {
         let s: f64 = (row + 1..8).map(|k| a[row][k] * x[k]).sum();
         x[row] = (b[row] - s) / a[row][row];
     }
-    Some(x)
+    x.iter().all(|v| v.is_finite()).then_some(x)
 }
 
 fn mul3(a: &[f64; 9], b: &[f64; 9]) -> [f64; 9] {

@@ -776,7 +776,9 @@ fn lm(o: &Plane, l: &Plane, mut h: Homography, iterations: usize) -> Option<(Hom
             row[i] += lambda * row[i].max(1e-12);
         }
         let b = cur.atb.map(|v| -v);
-        let Some(delta) = solve8(a, b) else { break };
+        let Some(delta) = crate::detect::solve8(a, b, 1e-300) else {
+            break;
+        };
         let mut next = h;
         for (v, d) in next.0.iter_mut().zip(delta) {
             *v += d;
@@ -804,32 +806,6 @@ fn lm(o: &Plane, l: &Plane, mut h: Homography, iterations: usize) -> Option<(Hom
         }
     }
     Some((h, cur.correlation()))
-}
-
-/// Gaussian elimination with partial pivoting on an 8×8 system.
-fn solve8(mut a: [[f64; 8]; 8], mut b: [f64; 8]) -> Option<[f64; 8]> {
-    for col in 0..8 {
-        let pivot = (col..8).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        if a[pivot][col].abs().is_nan() || a[pivot][col].abs() <= 1e-300 {
-            return None;
-        }
-        a.swap(col, pivot);
-        b.swap(col, pivot);
-        for row in col + 1..8 {
-            let f = a[row][col] / a[col][col];
-            let pivot_row = a[col];
-            for (x, p) in a[row].iter_mut().zip(pivot_row).skip(col) {
-                *x -= f * p;
-            }
-            b[row] -= f * b[col];
-        }
-    }
-    let mut x = [0.0f64; 8];
-    for row in (0..8).rev() {
-        let s: f64 = (row + 1..8).map(|k| a[row][k] * x[k]).sum();
-        x[row] = (b[row] - s) / a[row][row];
-    }
-    x.iter().all(|v| v.is_finite()).then_some(x)
 }
 
 /// The bounding box of the original's pixels that land inside the leak,

@@ -662,13 +662,22 @@ impl Ledger {
 
         // Look at the header before writing anything, so that a foreign or
         // newer file is refused untouched.
-        let header = read_header(&conn).map_err(sql("read the ledger header"))?;
+        // One read transaction, so the three header fields come from one
+        // snapshot: read one by one, a concurrent creator's commit could land
+        // between them and make a half-seen ledger look like a foreign file.
+        let header = retry_busy(|| {
+            let tx = conn.unchecked_transaction()?;
+            let header = read_header(&tx)?;
+            tx.commit()?;
+            Ok(header)
+        })
+        .map_err(sql("read the ledger header"))?;
         check_header(path, header, may_init)?;
 
         // Outside any transaction: both pragmas are no-ops inside one.
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(sql("enable foreign keys"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))
             .map_err(sql("switch the journal to WAL"))?;
 
         if header.user_version < i64::from(SCHEMA_VERSION) {
@@ -1519,6 +1528,24 @@ struct Header {
     user_version: i64,
     /// Number of schema objects (tables, indexes, ...).
     objects: i64,
+}
+
+/// Runs `f` again while SQLite answers "busy" without waiting (it does so,
+/// rather than call the busy handler, when two connections race to set up a
+/// new file), for at most [`BUSY_TIMEOUT_S`].
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(BUSY_TIMEOUT_S);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn read_header(conn: &Connection) -> rusqlite::Result<Header> {

@@ -122,7 +122,7 @@ impl Frame {
             0.0,
             1.0,
         ];
-        invert3(&chip_to_px).map(|m| Frame { m })
+        invert3(&chip_to_px, 1e-12).map(|m| Frame { m })
     }
 
     #[inline]
@@ -427,7 +427,7 @@ fn local_start(
         })
         .collect();
     let frame = Frame {
-        m: invert3(&fit_homography(&matches)?)?,
+        m: invert3(&fit_homography(&matches)?, 1e-12)?,
     };
     read_frame(prepared, frame, spectra, Some(&anchor))
 }
@@ -543,7 +543,7 @@ fn refine(
         })
         .collect();
     let chip_to_px = fit_homography(&matches)?;
-    invert3(&chip_to_px).map(|m| Frame { m })
+    invert3(&chip_to_px, 1e-12).map(|m| Frame { m })
 }
 
 /// Weighted least-squares homography (chip → pixel) from correspondences,
@@ -660,10 +660,12 @@ fn mul3(a: &[f64; 9], b: &[f64; 9]) -> [f64; 9] {
     out
 }
 
-fn invert3(m: &[f64; 9]) -> Option<[f64; 9]> {
+/// Inverse of a 3×3 matrix; `None` when its determinant is below `min_det`
+/// in magnitude (or not finite).
+pub(crate) fn invert3(m: &[f64; 9], min_det: f64) -> Option<[f64; 9]> {
     let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6])
         + m[2] * (m[3] * m[7] - m[4] * m[6]);
-    if det.abs() < 1e-12 {
+    if !det.is_finite() || det.abs() < min_det {
         return None;
     }
     let inv = [
@@ -860,7 +862,7 @@ fn geometry_of(reading: &Reading, prepared: &Prepared) -> Geometry {
         [x, y]
     };
     let chip_to_px =
-        invert3(&reading.frame.m).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        invert3(&reading.frame.m, 1e-12).unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
     let project = |c: [f64; 2]| {
         let h = &chip_to_px;
         let w = h[6] * c[0] + h[7] * c[1] + h[8];

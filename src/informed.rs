@@ -274,7 +274,7 @@ fn residual_on_original(leak: &Plane, original: &Plane, reg: &Registration) -> O
         for x in 0..w {
             let xf = (x + gx0) as f64 + 0.5;
             if let Some((u, v)) = h.map(xf / kx, yf / ky) {
-                if let Some(val) = sample(leak, u, v) {
+                if let Some(val) = register::sample(leak, u, v) {
                     lw[y * w + x] = val;
                     valid[y * w + x] = 1.0;
                 }
@@ -408,25 +408,6 @@ fn tone_fit(leak: &Plane, original: &Plane, valid: &Plane, radius: usize) -> Pla
             .map(|i| m[i] * (l[i] - (a_s.data[i] * o[i] + b_s.data[i])))
             .collect(),
     )
-}
-
-/// Bilinear sample at continuous coordinates (pixel centres at `i + 0.5`).
-#[inline]
-fn sample(p: &Plane, u: f64, v: f64) -> Option<f32> {
-    let (x, y) = (u - 0.5, v - 0.5);
-    if !(x >= 0.0 && y >= 0.0) {
-        return None;
-    }
-    let (x0, y0) = (x as usize, y as usize);
-    if x0 + 1 >= p.width || y0 + 1 >= p.height {
-        return None;
-    }
-    let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
-    let i = y0 * p.width + x0;
-    let d = &p.data;
-    let top = d[i] + fx * (d[i + 1] - d[i]);
-    let bottom = d[i + p.width] + fx * (d[i + p.width + 1] - d[i + p.width]);
-    Some(top + fy * (bottom - top))
 }
 
 /// The geometry of the issued tile in the leak, from the registration.

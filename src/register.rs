@@ -60,24 +60,7 @@ impl Homography {
 
     /// The inverse map, if the matrix is invertible.
     pub fn inverse(&self) -> Option<Homography> {
-        let m = &self.0;
-        let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6])
-            + m[2] * (m[3] * m[7] - m[4] * m[6]);
-        if !det.is_finite() || det.abs() < 1e-15 {
-            return None;
-        }
-        let inv = [
-            m[4] * m[8] - m[5] * m[7],
-            m[2] * m[7] - m[1] * m[8],
-            m[1] * m[5] - m[2] * m[4],
-            m[5] * m[6] - m[3] * m[8],
-            m[0] * m[8] - m[2] * m[6],
-            m[2] * m[3] - m[0] * m[5],
-            m[3] * m[7] - m[4] * m[6],
-            m[1] * m[6] - m[0] * m[7],
-            m[0] * m[4] - m[1] * m[3],
-        ];
-        Some(Homography(inv.map(|v| v / det)).normalized())
+        crate::detect::invert3(&self.0, 1e-15).map(|inv| Homography(inv).normalized())
     }
 
     /// `self ∘ other`: first `other`, then `self`.
@@ -314,7 +297,7 @@ impl Pyramid {
 /// Bilinear sample at continuous coordinates (pixel centres at `i + 0.5`);
 /// `None` outside the plane.
 #[inline]
-fn sample(p: &Plane, u: f64, v: f64) -> Option<f32> {
+pub(crate) fn sample(p: &Plane, u: f64, v: f64) -> Option<f32> {
     let (x, y) = (u - 0.5, v - 0.5);
     if !(x >= 0.0 && y >= 0.0) {
         return None;

@@ -388,30 +388,36 @@ fn local_start(
             (cx, cy, (x0, y0, x1, y1))
         })
         .collect();
-    // Local folds under local affine frames anchored to the global frame at each centre.
-    let folds: Vec<Option<Vec<f32>>> = windows
-        .par_iter()
-        .map(|&(cx, cy, rect)| {
-            let local = sync::local_lattice(prepared, rect, lat)?;
-            let affine = Frame::from_lattice(&local)?;
-            let (gi, gj) = global.map(cx, cy);
-            let (li, lj) = affine.map(cx, cy);
-            let mut m = affine.m;
-            m[2] += gi - li;
-            m[5] += gj - lj;
-            Some(fold_rect(r, &Frame { m }, rect))
-        })
-        .collect();
-    let centre = (0..windows.len())
-        .filter(|&i| folds[i].is_some())
-        .min_by(|&a, &b| {
-            let d = |i: usize| (windows[i].0 - w / 2.0).powi(2) + (windows[i].1 - h / 2.0).powi(2);
-            d(a).total_cmp(&d(b))
-        })?;
-    let anchor = align(folds[centre].as_ref()?, spectra, None)?;
+    // A local fold under a local affine frame anchored to the global frame at the window's centre.
+    let fold_window = |&(cx, cy, rect): &(f64, f64, Rect)| -> Option<Vec<f32>> {
+        let local = sync::local_lattice(prepared, rect, lat)?;
+        let affine = Frame::from_lattice(&local)?;
+        let (gi, gj) = global.map(cx, cy);
+        let (li, lj) = affine.map(cx, cy);
+        let mut m = affine.m;
+        m[2] += gi - li;
+        m[5] += gj - lj;
+        Some(fold_rect(r, &Frame { m }, rect))
+    };
+    // The window nearest the centre that holds a lattice anchors the rest;
+    // the others are folded only once it aligns (most null leaks stop here).
+    let mut by_distance: Vec<usize> = (0..windows.len()).collect();
+    let d = |i: usize| (windows[i].0 - w / 2.0).powi(2) + (windows[i].1 - h / 2.0).powi(2);
+    by_distance.sort_by(|&a, &b| d(a).total_cmp(&d(b)).then(a.cmp(&b)));
+    let (centre, centre_fold) = by_distance
+        .iter()
+        .find_map(|&i| fold_window(&windows[i]).map(|f| (i, f)))?;
+    let anchor = align(&centre_fold, spectra, None)?;
     if anchor.sync_z < REFINE_MIN_SYNC_Z {
         return None;
     }
+    let folds: Vec<Option<Vec<f32>>> = (0..windows.len())
+        .into_par_iter()
+        .map(|i| match i.cmp(&centre) {
+            std::cmp::Ordering::Equal => Some(centre_fold.clone()),
+            _ => fold_window(&windows[i]),
+        })
+        .collect();
     let spectrum = &spectra[anchor.variant as usize..=anchor.variant as usize];
     let matches: Vec<Match> = windows
         .iter()

@@ -5,7 +5,6 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use rustfft::{Fft, FftPlanner};
 
-use crate::plane::transpose;
 use std::sync::Arc;
 
 /// Forward and inverse plans for one `width` × `height` size.
@@ -50,13 +49,14 @@ impl Fft2 {
         } else {
             data.chunks_mut(w).for_each(|r| row.process(r));
         }
-        let mut t = transpose(data, w, h);
+        let mut t = vec![Complex32::new(0.0, 0.0); w * h];
+        transpose::transpose(data, &mut t, w, h);
         if w * h >= 1 << 15 {
             t.par_chunks_mut(h).for_each(|c| col.process(c));
         } else {
             t.chunks_mut(h).for_each(|c| col.process(c));
         }
-        data.copy_from_slice(&transpose(&t, h, w));
+        transpose::transpose(&t, data, h, w);
     }
 }
 

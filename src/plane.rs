@@ -135,16 +135,7 @@ impl Plane {
 /// Transposes a row-major `width` × `height` buffer (blocked, cache-friendly).
 pub(crate) fn transpose<T: Copy + Default>(data: &[T], width: usize, height: usize) -> Vec<T> {
     let mut out = vec![T::default(); data.len()];
-    const B: usize = 32;
-    for by in (0..height).step_by(B) {
-        for bx in (0..width).step_by(B) {
-            for y in by..(by + B).min(height) {
-                for x in bx..(bx + B).min(width) {
-                    out[x * height + y] = data[y * width + x];
-                }
-            }
-        }
-    }
+    transpose::transpose(data, &mut out, width, height);
     out
 }
 

@@ -130,31 +130,49 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
         data: power.clone(),
     }
     .box_mean(4);
-    for (i, c) in buf.iter_mut().enumerate() {
-        let (fx, fy) = (i % w, i / w);
-        // Axes carry borders and straight lines of the host, not the mark.
-        let on_axis = fx <= 1 || fx >= w - 1 || fy <= 1 || fy >= h - 1;
-        // JPEG's 8×8 block grid puts energy on lines at multiples of 1/8 cycle per leak pixel.
-        let near_grid = |f: usize, n: usize| {
-            let period = n as f64 / grid_px;
-            let r = f as f64 / period;
-            (r - r.round()).abs() * period < 1.5 && r.round() != 0.0
-        };
-        let on_axis = on_axis || near_grid(fx, w) || near_grid(fy, h);
-        let flat = if on_axis {
-            0.0
-        } else {
-            power[i] / (smooth.data[i].max(0.0) + 1e-12)
-        };
-        *c = Complex32::new(flat, 0.0);
+    // Axes carry borders and straight lines of the host, not the mark; JPEG's
+    // 8×8 block grid puts energy on lines at multiples of 1/8 cycle per leak
+    // pixel. Both are zeroed, per frequency row and column.
+    let masked = |n: usize| -> Vec<bool> {
+        let period = n as f64 / grid_px;
+        (0..n)
+            .map(|f| {
+                let r = f as f64 / period;
+                let near_grid = (r - r.round()).abs() * period < 1.5 && r.round() != 0.0;
+                f <= 1 || f >= n - 1 || near_grid
+            })
+            .collect()
+    };
+    let (mask_x, mask_y) = (masked(w), masked(h));
+    for (fy, ((row, p), s)) in buf
+        .chunks_mut(w)
+        .zip(power.chunks(w))
+        .zip(smooth.data.chunks(w))
+        .enumerate()
+    {
+        for (fx, ((c, &p), &s)) in row.iter_mut().zip(p).zip(s).enumerate() {
+            let flat = if mask_y[fy] || mask_x[fx] {
+                0.0
+            } else {
+                p / (s.max(0.0) + 1e-12)
+            };
+            *c = Complex32::new(flat, 0.0);
+        }
     }
     fft.inverse(&mut buf);
     let zero = buf[0].re.max(1e-12);
     let mut centred = Plane::filled(w, h, 0.0);
-    for y in 0..h {
-        for x in 0..w {
-            let (cx, cy) = ((x + w / 2) % w, (y + h / 2) % h);
-            centred.data[cy * w + cx] = buf[y * w + x].re / zero;
+    for (y, row) in buf.chunks(w).enumerate() {
+        let cy = (y + h / 2) % h;
+        let out = &mut centred.data[cy * w..(cy + 1) * w];
+        let (left, right) = row.split_at(w - w / 2);
+        let (out_low, out_high) = out.split_at_mut(w / 2);
+        for (o, c) in out_high
+            .iter_mut()
+            .zip(left)
+            .chain(out_low.iter_mut().zip(right))
+        {
+            *o = c.re / zero;
         }
     }
     (centred, w, h)

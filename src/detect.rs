@@ -30,6 +30,7 @@ pub use crate::informed::{detect_informed, InformedDetection, InformedOptions};
 const FOLD_ROWS: usize = 32;
 /// Folded tile side, in bins (two per chip).
 const BINS: usize = 2 * TILE;
+const _: () = assert!(BINS.is_power_of_two(), "fold bins wrap by masking");
 /// Smallest leak (short side, pixels) the detector decides on: two tiles of
 /// the smallest chip that survives. Below it the answer is "too small to decide".
 pub const MIN_LEAK_PX: u32 = 96;
@@ -739,30 +740,47 @@ fn align(
             .map(|v| Complex32::new(v, 0.0))
             .collect();
         fft.forward(&mut spec);
-        for (v, sync) in spectra.iter().enumerate() {
-            let mut corr: Vec<Complex32> = spec.iter().zip(sync).map(|(a, b)| a * b).collect();
+        // Both correlations are real, so two variants share one inverse
+        // transform: the first in the real part, the second in the imaginary.
+        for (pair, syncs) in spectra.chunks(2).enumerate() {
+            let i = Complex32::new(0.0, 1.0);
+            let mut corr: Vec<Complex32> = match syncs {
+                [a, b] => spec
+                    .iter()
+                    .zip(a.iter().zip(b))
+                    .map(|(s, (a, b))| s * a + i * (s * b))
+                    .collect(),
+                _ => spec.iter().zip(&syncs[0]).map(|(s, a)| s * a).collect(),
+            };
             fft.inverse(&mut corr);
-            let (mut sum, mut sum2, mut peak, mut at) = (0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize);
-            for (i, c) in corr.iter().enumerate() {
-                let r = c.re;
-                sum += f64::from(r);
-                sum2 += f64::from(r) * f64::from(r);
-                if r > peak {
-                    peak = r;
-                    at = i;
+            for (k, part) in [|c: &Complex32| c.re, |c: &Complex32| c.im]
+                .iter()
+                .take(syncs.len())
+                .enumerate()
+            {
+                let (mut sum, mut sum2, mut peak, mut at) =
+                    (0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize);
+                for (i, c) in corr.iter().enumerate() {
+                    let r = part(c);
+                    sum += f64::from(r);
+                    sum2 += f64::from(r) * f64::from(r);
+                    if r > peak {
+                        peak = r;
+                        at = i;
+                    }
                 }
-            }
-            let n = corr.len() as f64;
-            let mean = sum / n;
-            let sd = (sum2 / n - mean * mean).max(1e-30).sqrt();
-            let z = (f64::from(peak) - mean) / sd;
-            if best.is_none_or(|b| z > b.sync_z) {
-                best = Some(Alignment {
-                    sync_z: z,
-                    variant: v as u32,
-                    dihedral: d,
-                    shift: (at % BINS, at / BINS),
-                });
+                let n = corr.len() as f64;
+                let mean = sum / n;
+                let sd = (sum2 / n - mean * mean).max(1e-30).sqrt();
+                let z = (f64::from(peak) - mean) / sd;
+                if best.is_none_or(|b| z > b.sync_z) {
+                    best = Some(Alignment {
+                        sync_z: z,
+                        variant: (2 * pair + k) as u32,
+                        dihedral: d,
+                        shift: (at % BINS, at / BINS),
+                    });
+                }
             }
         }
     }
@@ -800,12 +818,18 @@ fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
         .par_chunks(FOLD_ROWS)
         .map(|block| {
             let (mut sum, mut cnt) = (vec![0.0f32; BINS * BINS], vec![0u32; BINS * BINS]);
+            // Floor by truncation: `f64::floor` is a libm call without SSE4.1.
+            let bin = |t: f64| {
+                let i = t as i64;
+                let i = if (i as f64) > t { i - 1 } else { i };
+                // rem_euclid for a power of two, without a division.
+                (i & (bins - 1)) as usize
+            };
             for &y in block {
                 let yf = y as f64 + 0.5;
                 for (x, &r) in residual.data[y * w + x0..y * w + x1].iter().enumerate() {
                     let (ci, cj) = frame.map((x + x0) as f64 + 0.5, yf);
-                    let bx = ((2.0 * ci).floor() as i64).rem_euclid(bins) as usize;
-                    let by = ((2.0 * cj).floor() as i64).rem_euclid(bins) as usize;
+                    let (bx, by) = (bin(2.0 * ci), bin(2.0 * cj));
                     sum[by * BINS + bx] += r;
                     cnt[by * BINS + bx] += 1;
                 }

@@ -825,13 +825,28 @@ fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
                 // rem_euclid for a power of two, without a division.
                 (i & (bins - 1)) as usize
             };
+            let m = &frame.m;
+            let affine = m[6] == 0.0 && m[7] == 0.0 && m[8] == 1.0;
             for &y in block {
                 let yf = y as f64 + 0.5;
-                for (x, &r) in residual.data[y * w + x0..y * w + x1].iter().enumerate() {
-                    let (ci, cj) = frame.map((x + x0) as f64 + 0.5, yf);
+                let row = &residual.data[y * w + x0..y * w + x1];
+                let mut add = |ci: f64, cj: f64, r: f32| {
                     let (bx, by) = (bin(2.0 * ci), bin(2.0 * cj));
                     sum[by * BINS + bx] += r;
                     cnt[by * BINS + bx] += 1;
+                };
+                if affine {
+                    // Along a row an affine frame moves by a constant step.
+                    let (ci0, cj0) = frame.map(x0 as f64 + 0.5, yf);
+                    for (x, &r) in row.iter().enumerate() {
+                        let xf = x as f64;
+                        add(ci0 + m[0] * xf, cj0 + m[3] * xf, r);
+                    }
+                } else {
+                    for (x, &r) in row.iter().enumerate() {
+                        let (ci, cj) = frame.map((x + x0) as f64 + 0.5, yf);
+                        add(ci, cj, r);
+                    }
                 }
             }
             (sum, cnt)

@@ -5,7 +5,16 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use rustfft::{Fft, FftPlanner};
 
+use std::cell::RefCell;
 use std::sync::Arc;
+
+/// Largest per-thread scratch kept between transforms (the 128 × 128 tiles
+/// of the alignment search fit; a whole leak's autocorrelation does not).
+const KEPT_SCRATCH: usize = 1 << 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<Complex32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Forward and inverse plans for one `width` × `height` size.
 pub struct Fft2 {
@@ -49,14 +58,26 @@ impl Fft2 {
         } else {
             data.chunks_mut(w).for_each(|r| row.process(r));
         }
-        let mut t = vec![Complex32::new(0.0, 0.0); w * h];
-        transpose::transpose(data, &mut t, w, h);
-        if w * h >= 1 << 15 {
-            t.par_chunks_mut(h).for_each(|c| col.process(c));
-        } else {
-            t.chunks_mut(h).for_each(|c| col.process(c));
+        // The transposed copy lives in a per-thread buffer: the many small
+        // transforms of the alignment search would otherwise spend a tenth
+        // of their time zeroing fresh allocations. It is taken out while in
+        // use, so a transform that rayon runs on this thread meanwhile (work
+        // stealing) gets a fresh one instead of a borrowed one.
+        let mut t = SCRATCH.take();
+        if t.len() < w * h {
+            t.resize(w * h, Complex32::new(0.0, 0.0));
         }
-        transpose::transpose(&t, data, h, w);
+        let buf = &mut t[..w * h];
+        transpose::transpose(data, buf, w, h);
+        if w * h >= 1 << 15 {
+            buf.par_chunks_mut(h).for_each(|c| col.process(c));
+        } else {
+            buf.chunks_mut(h).for_each(|c| col.process(c));
+        }
+        transpose::transpose(buf, data, h, w);
+        if t.len() <= KEPT_SCRATCH {
+            SCRATCH.set(t);
+        }
     }
 }
 

@@ -753,22 +753,19 @@ fn align(
                 _ => spec.iter().zip(&syncs[0]).map(|(s, a)| s * a).collect(),
             };
             fft.inverse(&mut corr);
-            for (k, part) in [|c: &Complex32| c.re, |c: &Complex32| c.im]
-                .iter()
-                .take(syncs.len())
-                .enumerate()
-            {
-                let (mut sum, mut sum2, mut peak, mut at) =
-                    (0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize);
-                for (i, c) in corr.iter().enumerate() {
-                    let r = part(c);
-                    sum += f64::from(r);
-                    sum2 += f64::from(r) * f64::from(r);
-                    if r > peak {
-                        peak = r;
-                        at = i;
+            // Peak and spread of both parts in one pass.
+            let mut stats = [(0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize); 2];
+            for (i, c) in corr.iter().enumerate() {
+                for (st, r) in stats.iter_mut().zip([c.re, c.im]) {
+                    st.0 += f64::from(r);
+                    st.1 += f64::from(r) * f64::from(r);
+                    if r > st.2 {
+                        st.2 = r;
+                        st.3 = i;
                     }
                 }
+            }
+            for (k, &(sum, sum2, peak, at)) in stats.iter().take(syncs.len()).enumerate() {
                 let n = corr.len() as f64;
                 let mean = sum / n;
                 let sd = (sum2 / n - mean * mean).max(1e-30).sqrt();

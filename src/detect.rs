@@ -414,9 +414,12 @@ fn local_start(
     }
     let folds: Vec<Option<Vec<f32>>> = (0..windows.len())
         .into_par_iter()
-        .map(|i| match i.cmp(&centre) {
-            std::cmp::Ordering::Equal => Some(centre_fold.clone()),
-            _ => fold_window(&windows[i]),
+        .map(|i| {
+            if i == centre {
+                Some(centre_fold.clone())
+            } else {
+                fold_window(&windows[i])
+            }
         })
         .collect();
     let spectrum = &spectra[anchor.variant as usize..=anchor.variant as usize];
@@ -743,12 +746,12 @@ fn align(
         // Both correlations are real, so two variants share one inverse
         // transform: the first in the real part, the second in the imaginary.
         for (pair, syncs) in spectra.chunks(2).enumerate() {
-            let i = Complex32::new(0.0, 1.0);
+            let imag = Complex32::new(0.0, 1.0);
             let mut corr: Vec<Complex32> = match syncs {
                 [a, b] => spec
                     .iter()
                     .zip(a.iter().zip(b))
-                    .map(|(s, (a, b))| s * a + i * (s * b))
+                    .map(|(s, (a, b))| s * a + imag * (s * b))
                     .collect(),
                 _ => spec.iter().zip(&syncs[0]).map(|(s, a)| s * a).collect(),
             };

@@ -10,6 +10,8 @@
 //! [`crate::stats`]) — which is charged for every candidate evaluated, and in
 //! ledger mode for every copy tested.
 
+use std::sync::OnceLock;
+
 use image::DynamicImage;
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
@@ -711,7 +713,14 @@ fn decode_serial(layout: &Layout, chips: &[f32]) -> u32 {
     payload::decode(&soft).expect("soft vector has the coded length")
 }
 
-/// The sync chips of a layout as a BINS² template, conjugated spectrum.
+/// The transforms of the folded tile, planned once.
+fn bins_fft() -> &'static Fft2 {
+    static FFT: OnceLock<Fft2> = OnceLock::new();
+    FFT.get_or_init(|| Fft2::new(BINS, BINS))
+}
+
+/// The sync chips of a layout as a BINS² template, conjugated spectrum in
+/// the transposed order of [`Fft2::forward_transposed`].
 fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
     let mut t = vec![Complex32::new(0.0, 0.0); BINS * BINS];
     for (&i, &s) in layout.sync_idx.iter().zip(&layout.sync_sign) {
@@ -720,7 +729,7 @@ fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
             t[(2 * cy + b) * BINS + 2 * cx + a] = Complex32::new(s, 0.0);
         }
     }
-    Fft2::new(BINS, BINS).forward(&mut t);
+    bins_fft().forward_transposed(&mut t);
     t.iter().map(|c| c.conj()).collect()
 }
 
@@ -731,7 +740,7 @@ fn align(
     spectra: &[Vec<Complex32>],
     only_dihedral: Option<usize>,
 ) -> Option<Alignment> {
-    let fft = Fft2::new(BINS, BINS);
+    let fft = bins_fft();
     let mut best: Option<Alignment> = None;
     let flips: Vec<usize> = match only_dihedral {
         Some(d) => vec![d],
@@ -742,7 +751,7 @@ fn align(
             .into_iter()
             .map(|v| Complex32::new(v, 0.0))
             .collect();
-        fft.forward(&mut spec);
+        fft.forward_transposed(&mut spec);
         // Both correlations are real, so two variants share one inverse
         // transform: the first in the real part, the second in the imaginary.
         for (pair, syncs) in spectra.chunks(2).enumerate() {
@@ -755,7 +764,7 @@ fn align(
                     .collect(),
                 _ => spec.iter().zip(&syncs[0]).map(|(s, a)| s * a).collect(),
             };
-            fft.inverse(&mut corr);
+            fft.inverse_from_transposed(&mut corr);
             // Peak and spread of both parts in one pass.
             let mut stats = [(0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize); 2];
             for (i, c) in corr.iter().enumerate() {

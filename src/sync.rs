@@ -122,11 +122,13 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
         }
     }
     let fft = Fft2::new(w, h);
-    fft.forward(&mut buf);
+    // The spectrum stays in transposed order (row fx holds every fy): it is
+    // only weighted bin by bin before going back.
+    fft.forward_transposed(&mut buf);
     let power: Vec<f32> = buf.iter().map(|c| c.norm_sqr()).collect();
     let smooth = Plane {
-        width: w,
-        height: h,
+        width: h,
+        height: w,
         data: power.clone(),
     }
     .box_mean(4);
@@ -144,13 +146,13 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
             .collect()
     };
     let (mask_x, mask_y) = (masked(w), masked(h));
-    for (fy, ((row, p), s)) in buf
-        .chunks_mut(w)
-        .zip(power.chunks(w))
-        .zip(smooth.data.chunks(w))
+    for (fx, ((row, p), s)) in buf
+        .chunks_mut(h)
+        .zip(power.chunks(h))
+        .zip(smooth.data.chunks(h))
         .enumerate()
     {
-        for (fx, ((c, &p), &s)) in row.iter_mut().zip(p).zip(s).enumerate() {
+        for (fy, ((c, &p), &s)) in row.iter_mut().zip(p).zip(s).enumerate() {
             let flat = if mask_y[fy] || mask_x[fx] {
                 0.0
             } else {
@@ -159,7 +161,7 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, us
             *c = Complex32::new(flat, 0.0);
         }
     }
-    fft.inverse(&mut buf);
+    fft.inverse_from_transposed(&mut buf);
     let zero = buf[0].re.max(1e-12);
     let mut centred = Plane::filled(w, h, 0.0);
     for (y, row) in buf.chunks(w).enumerate() {

@@ -23,7 +23,7 @@ use crate::pattern::{Layout, CHIPS, TILE, VARIANTS};
 use crate::payload;
 use crate::plane::Plane;
 use crate::stats;
-use crate::sync::{self, Lattice, Prepared};
+use crate::sync::{self, Lattice, Prepared, Rect};
 
 /// Informed detection (with the archived original) lives in [`crate::informed`].
 pub use crate::informed::{detect_informed, InformedDetection, InformedOptions};
@@ -98,8 +98,6 @@ pub struct Detection {
     pub too_small: bool,
 }
 
-/// A pixel rectangle `(x0, y0, x1, y1)`, end-exclusive.
-type Rect = (usize, usize, usize, usize);
 /// A correspondence: tile chip coordinates, working pixel, weight.
 type Match = ([f64; 2], [f64; 2], f64);
 
@@ -368,6 +366,7 @@ fn local_start(
     lat: &Lattice,
     spectra: &[Vec<Complex32>],
     tile_px: f64,
+    acfs: &sync::WindowAcfs,
 ) -> Option<Reading> {
     let r = &prepared.residual;
     let (w, h) = (r.width as f64, r.height as f64);
@@ -393,7 +392,7 @@ fn local_start(
         .collect();
     // A local fold under a local affine frame anchored to the global frame at the window's centre.
     let fold_window = |&(cx, cy, rect): &(f64, f64, Rect)| -> Option<Vec<f32>> {
-        let local = sync::local_lattice(prepared, rect, lat)?;
+        let local = sync::local_lattice(prepared, rect, lat, acfs)?;
         let affine = Frame::from_lattice(&local)?;
         let (gi, gj) = global.map(cx, cy);
         let (li, lj) = affine.map(cx, cy);
@@ -466,11 +465,15 @@ fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<
         .into_iter()
         .take(PERSPECTIVE_STARTS)
         .collect();
+    // The starts share the window grid (of a similar period): each window's
+    // autocorrelation is computed once.
+    let acfs = sync::WindowAcfs::default();
     lattices
         .par_iter()
         .filter_map(|lat| {
-            let start = local_start(prepared, lat, spectra, norm2(lat.u).min(norm2(lat.v)))?;
-            let frame = refine(prepared, &start, spectra, norm2(lat.u).min(norm2(lat.v)))?;
+            let tile_px = norm2(lat.u).min(norm2(lat.v));
+            let start = local_start(prepared, lat, spectra, tile_px, &acfs)?;
+            let frame = refine(prepared, &start, spectra, tile_px)?;
             read_frame(prepared, frame, spectra, Some(&start.alignment))
         })
         .collect()

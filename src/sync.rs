@@ -13,6 +13,9 @@
 
 use rustfft::num_complex::Complex32;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::fft::{fast_size, Fft2};
 use crate::plane::Plane;
 
@@ -95,7 +98,7 @@ pub fn prepare(luma: &Plane) -> Prepared {
 
 /// Autocorrelation of the residual with a flattened spectrum, as a centred
 /// plane (lag (0,0) at the centre), normalised to 1 at lag 0.
-fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> (Plane, usize, usize) {
+fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
     // Zero padding by half the size lets lags reach 3/4 of the short side
     // without wrapping: a quarter-area crop may hold barely two periods.
     let (w, h) = (
@@ -498,31 +501,62 @@ fn scale(a: [f64; 2], s: f64) -> [f64; 2] {
     [a[0] * s, a[1] * s]
 }
 
+/// A pixel rectangle `(x0, y0, x1, y1)`, end-exclusive.
+pub type Rect = (usize, usize, usize, usize);
+
+/// A centred whitened autocorrelation with its padded width and height.
+type Acf = (Plane, usize, usize);
+
+/// Whitened autocorrelations of windows of one leak, each computed once
+/// however many starting lattices search the same window.
+#[derive(Default)]
+pub struct WindowAcfs {
+    done: Mutex<HashMap<Rect, Arc<Acf>>>,
+}
+
+impl WindowAcfs {
+    fn get(&self, prepared: &Prepared, rect: Rect) -> Arc<Acf> {
+        // A poisoned lock only means another search panicked; the map is still sound.
+        let lock = || self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(acf) = lock().get(&rect) {
+            return Arc::clone(acf);
+        }
+        let (x0, y0, x1, y1) = rect;
+        let r = &prepared.residual;
+        let mut data = Vec::with_capacity((x1 - x0) * (y1 - y0));
+        for y in y0..y1 {
+            data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
+        }
+        let window = Plane {
+            width: x1 - x0,
+            height: y1 - y0,
+            data,
+        };
+        let acf = Arc::new(whitened_autocorrelation(
+            &window,
+            JPEG_BLOCK_PX * prepared.work_scale,
+        ));
+        Arc::clone(lock().entry(rect).or_insert(acf))
+    }
+}
+
 /// The lattice of one window of the leak, searched near `near` (the global
 /// lattice): under perspective each part of a photo has its own local affine
 /// map, which the global autocorrelation only averages. `None` when the
 /// window shows no clear peak near either basis vector.
 pub fn local_lattice(
     prepared: &Prepared,
-    rect: (usize, usize, usize, usize),
+    rect: Rect,
     near: &Lattice,
+    windows: &WindowAcfs,
 ) -> Option<Lattice> {
     let (x0, y0, x1, y1) = rect;
-    let r = &prepared.residual;
     let (w, h) = (x1.checked_sub(x0)?, y1.checked_sub(y0)?);
     if w < 16 || h < 16 {
         return None;
     }
-    let mut data = Vec::with_capacity(w * h);
-    for y in y0..y1 {
-        data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
-    }
-    let window = Plane {
-        width: w,
-        height: h,
-        data,
-    };
-    let (acf, aw, ah) = whitened_autocorrelation(&window, JPEG_BLOCK_PX * prepared.work_scale);
+    let acf = windows.get(prepared, rect);
+    let (acf, aw, ah) = (&acf.0, acf.1, acf.2);
     let (cx, cy) = ((aw / 2) as isize, (ah / 2) as isize);
     let at = |x: isize, y: isize| f64::from(acf.at_clamped(cx + x, cy + y));
     // Best sub-pixel peak within 15 % of the predicted vector.

@@ -466,6 +466,11 @@ pub fn standard_suite() -> Vec<(&'static str, Attack)> {
             ]),
         ),
         (
+            // A messenger's thumbnail: half size, then recompressed hard.
+            "scale0.5+jpeg50",
+            Chain(vec![Scale { factor: 0.5 }, Jpeg { quality: 50 }]),
+        ),
+        (
             "scale0.5+rotate30+jpeg50",
             Chain(vec![
                 Scale { factor: 0.5 },

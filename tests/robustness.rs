@@ -60,6 +60,7 @@ const FLOORS: &[(&str, f64)] = &[
     ("screen-camera", 0.0), // measured 0/10: not yet survived (moiré + perspective + blur + JPEG) (SSIM-capped mark, Nov 23)
     ("print-scan", 0.2),    // measured 3/10 (SSIM-capped mark, Nov 23)
     ("crop50+rotate5+jpeg60", 0.8), // measured 9/10 (SSIM-capped mark, Nov 23)
+    ("scale0.5+jpeg50", 0.1), // measured 2/10: a JPEG after a downscale meets the mark at twice its frequency
     ("scale0.5+rotate30+jpeg50", 0.1), // measured 1/10 (SSIM-capped mark, Nov 23)
     ("perspective0.08+blur1+jpeg70", 0.3), // measured 5/10 (blurred central ACF, Nov 23)
 ];

@@ -152,3 +152,62 @@ fn detect_with_an_original_reads_an_embed_copy_in_informed_mode() {
     // The original itself carries no mark.
     assert_eq!(lines[1]["detected"], false, "{}", lines[1]);
 }
+
+#[test]
+fn issue_archive_keeps_the_original_that_trace_uses_after_the_draft_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_leakmark"))
+        .current_dir(dir)
+        .args(["keygen", "--out", "k.key"])
+        .output()
+        .unwrap();
+    assert_ok(&keygen, "keygen");
+    assert_ok(&command(dir, &["ledger", "init"]), "ledger init");
+    for name in ["Alpha Plastics", "Beta Optics"] {
+        assert_ok(&command(dir, &["supplier", "add", name]), "supplier add");
+    }
+    let draft = dir.join("car.png");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/drafts/car_render_v3.png"),
+        &draft,
+    )
+    .unwrap();
+    let sha = leakmark::ledger::sha256_file(&draft).unwrap();
+    let args = [
+        "issue",
+        "car.png",
+        "--all",
+        "--out",
+        "issued",
+        "--archive",
+        "vault",
+    ];
+    assert_ok(&command(dir, &args), "issue --archive");
+    let archived = dir.join("vault").join(format!("{sha}.png"));
+    assert_eq!(leakmark::ledger::sha256_file(&archived).unwrap(), sha);
+    assert!(std::fs::metadata(&archived)
+        .unwrap()
+        .permissions()
+        .readonly());
+    // A second run keeps the archived file as it is.
+    assert_ok(&command(dir, &args), "issue --archive again");
+
+    // The draft is edited after issue; the archive still holds what was issued.
+    let mut changed = image::open(&draft).unwrap().to_rgb8();
+    changed.put_pixel(0, 0, image::Rgb([1, 2, 3]));
+    changed.save(&draft).unwrap();
+
+    let copy = image::open(find_copy(&dir.join("issued"), "Alpha"))
+        .unwrap()
+        .to_rgb8();
+    let leak = attack::apply(&Attack::Perspective { jitter: 0.2 }, &copy, 5);
+    leak.save(dir.join("leak.png")).unwrap();
+    let out = command(dir, &["trace", "--json", "leak.png"]);
+    assert_ok(&out, "trace");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "informed", "{v}");
+    assert_eq!(v["recipient"], "Alpha Plastics", "{v}");
+    let original = v["original"].as_str().unwrap();
+    assert!(original.ends_with(&format!("{sha}.png")), "{v}");
+}

@@ -222,4 +222,12 @@ pub struct IssueArgs {
     /// Folder for the copies: DIR/<recipient>/<document file name>.
     #[arg(long, value_name = "DIR", default_value = "issued")]
     pub out: PathBuf,
+
+    /// Keep a read-only copy of each original in DIR, named by its SHA-256,
+    /// and record that copy in the ledger: `trace` then finds it for
+    /// informed detection even after the draft is edited or moved. (A
+    /// document already in the ledger keeps the path recorded when it was
+    /// first issued; `trace --originals DIR` finds archived copies by hash.)
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
 }

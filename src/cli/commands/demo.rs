@@ -96,6 +96,7 @@ pub fn run(ctx: &Context, dir: Option<&Path>) -> anyhow::Result<Status> {
         to: vendors.clone(),
         all: false,
         out: out.clone(),
+        archive: Some(scratch.join("originals")),
     };
     if issue::issue(&demo_ctx, &args, false)? != Status::Success {
         return Err(anyhow!("issuing failed (see the errors above)"));

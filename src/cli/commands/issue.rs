@@ -22,6 +22,35 @@ use crate::cli::args::IssueArgs;
 use crate::cli::output;
 use crate::cli::{key_and_ledger, Context, Status};
 
+/// Copies the original at `path` into `dir` as `<sha256>.<extension>`,
+/// read-only: written under a temporary name, checked against `sha`, then
+/// renamed, so a half-written archive never passes for an original. A file
+/// already archived there with that hash is kept as it is.
+fn archive_original(path: &Path, dir: &Path, sha: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the archive folder {}", dir.display()))?;
+    let ext = path
+        .extension()
+        .map_or_else(|| "img".to_owned(), |e| e.to_string_lossy().to_lowercase());
+    let target = std::path::absolute(dir.join(format!("{sha}.{ext}")))
+        .with_context(|| format!("cannot resolve the archive folder {}", dir.display()))?;
+    if ledger::sha256_file(&target).is_ok_and(|h| h == sha) {
+        return Ok(target);
+    }
+    let partial = dir.join(format!(".{sha}.{ext}.partial"));
+    std::fs::copy(path, &partial).with_context(|| format!("cannot write {}", partial.display()))?;
+    if ledger::sha256_file(&partial)? != sha {
+        let _ = std::fs::remove_file(&partial);
+        anyhow::bail!("it changed while it was being archived; issue it again");
+    }
+    let mut permissions = std::fs::metadata(&partial)?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&partial, permissions)?;
+    std::fs::rename(&partial, &target)
+        .with_context(|| format!("cannot move the archived copy to {}", target.display()))?;
+    Ok(target)
+}
+
 /// Issues every document to every recipient.
 pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Status> {
     issue(ctx, args, true)
@@ -36,7 +65,14 @@ pub fn issue(ctx: &Context, args: &IssueArgs, per_copy_lines: bool) -> anyhow::R
     let folders = recipient_folders(&recipients)?;
     let mut failed = false;
 
-    let docs = load_documents(&key, &mut ledger, &args.docs, &ctx.limits(), &mut failed)?;
+    let docs = load_documents(
+        &key,
+        &mut ledger,
+        &args.docs,
+        args.archive.as_deref(),
+        &ctx.limits(),
+        &mut failed,
+    )?;
 
     // Reserve (or find) every serial before any pixel is touched.
     let mut jobs = Vec::new();
@@ -250,6 +286,7 @@ fn load_documents(
     key: &SecretKey,
     ledger: &mut Ledger,
     paths: &[PathBuf],
+    archive: Option<&Path>,
     limits: &LoadLimits,
     failed: &mut bool,
 ) -> anyhow::Result<Vec<Doc>> {
@@ -318,7 +355,17 @@ fn load_documents(
         let digest = unhex(&sha).ok_or_else(|| anyhow!("internal error: bad SHA-256 {sha}"))?;
         let variant = u8::try_from(pattern::document_variant(key, &digest))
             .context("internal error: pattern variant above 255")?;
-        let original = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let original = match archive {
+            None => std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+            Some(dir) => match archive_original(path, dir, &sha) {
+                Ok(archived) => archived,
+                Err(err) => {
+                    *failed = true;
+                    eprintln!("error: cannot archive {}: {err:#}", path.display());
+                    continue;
+                }
+            },
+        };
         let document = ledger.register_document(&NewDocument {
             name: name.clone(),
             sha256: sha,

@@ -41,10 +41,9 @@ fn find_copy(dir: &Path, recipient_part: &str) -> PathBuf {
     panic!("no copy for {recipient_part} under {}", dir.display());
 }
 
-#[test]
-fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// A key, a ledger with two suppliers, and the sample draft `sample` copied
+/// into `dir` as `name` (returned).
+fn key_ledger_and_draft(dir: &Path, sample: &str, name: &str) -> PathBuf {
     let keygen = Command::new(env!("CARGO_BIN_EXE_leakmark"))
         .current_dir(dir)
         .args(["keygen", "--out", "k.key"])
@@ -52,15 +51,28 @@ fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
         .unwrap();
     assert_ok(&keygen, "keygen");
     assert_ok(&command(dir, &["ledger", "init"]), "ledger init");
-    for name in ["Alpha Plastics", "Beta Optics"] {
-        assert_ok(&command(dir, &["supplier", "add", name]), "supplier add");
+    for supplier in ["Alpha Plastics", "Beta Optics"] {
+        assert_ok(
+            &command(dir, &["supplier", "add", supplier]),
+            "supplier add",
+        );
     }
-    let draft = dir.join("cupholder.png");
+    let draft = dir.join(name);
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/drafts/cupholder_colour_study.png"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("samples/drafts")
+            .join(sample),
         &draft,
     )
     .unwrap();
+    draft
+}
+
+#[test]
+fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let draft = key_ledger_and_draft(dir, "cupholder_colour_study.png", "cupholder.png");
     assert_ok(
         &command(dir, &["issue", "cupholder.png", "--all", "--out", "issued"]),
         "issue",
@@ -157,22 +169,7 @@ fn detect_with_an_original_reads_an_embed_copy_in_informed_mode() {
 fn issue_archive_keeps_the_original_that_trace_uses_after_the_draft_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let keygen = Command::new(env!("CARGO_BIN_EXE_leakmark"))
-        .current_dir(dir)
-        .args(["keygen", "--out", "k.key"])
-        .output()
-        .unwrap();
-    assert_ok(&keygen, "keygen");
-    assert_ok(&command(dir, &["ledger", "init"]), "ledger init");
-    for name in ["Alpha Plastics", "Beta Optics"] {
-        assert_ok(&command(dir, &["supplier", "add", name]), "supplier add");
-    }
-    let draft = dir.join("car.png");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/drafts/car_render_v3.png"),
-        &draft,
-    )
-    .unwrap();
+    let draft = key_ledger_and_draft(dir, "car_render_v3.png", "car.png");
     let sha = leakmark::ledger::sha256_file(&draft).unwrap();
     let args = [
         "issue",

@@ -449,16 +449,8 @@ fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<
     let r = &prepared.residual;
     let (x0, y0) = (r.width / 4, r.height / 4);
     let (x1, y1) = (x0 + r.width / 2, y0 + r.height / 2);
-    let mut data = Vec::with_capacity((x1 - x0) * (y1 - y0));
-    for y in y0..y1 {
-        data.extend_from_slice(&r.data[y * r.width + x0..y * r.width + x1]);
-    }
     let centre = Prepared {
-        residual: Plane {
-            width: x1 - x0,
-            height: y1 - y0,
-            data,
-        },
+        residual: r.crop((x0, y0, x1, y1)),
         work_scale: prepared.work_scale,
     };
     let lattices: Vec<Lattice> = sync::lattices_blurred(&centre, PERSPECTIVE_ACF_BLUR)

@@ -47,6 +47,19 @@ impl Plane {
         }
     }
 
+    /// The pixels of the rectangle `(x0, y0, x1, y1)` (end-exclusive, inside the plane).
+    pub fn crop(&self, (x0, y0, x1, y1): (usize, usize, usize, usize)) -> Plane {
+        let mut data = Vec::with_capacity((x1 - x0) * (y1 - y0));
+        for y in y0..y1 {
+            data.extend_from_slice(&self.data[y * self.width + x0..y * self.width + x1]);
+        }
+        Plane {
+            width: x1 - x0,
+            height: y1 - y0,
+            data,
+        }
+    }
+
     /// Sample at integer coordinates, clamped to the border.
     #[inline]
     pub fn at_clamped(&self, x: isize, y: isize) -> f32 {

@@ -741,6 +741,7 @@ fn align(
         Some(d) => vec![d],
         None => (0..8).collect(),
     };
+    let mut corr: Vec<Complex32> = Vec::with_capacity(BINS * BINS);
     for d in flips {
         let mut spec: Vec<Complex32> = dihedral(folded, d)
             .into_iter()
@@ -750,32 +751,12 @@ fn align(
         // Both correlations are real, so two variants share one inverse
         // transform: the first in the real part, the second in the imaginary.
         for (pair, syncs) in spectra.chunks(2).enumerate() {
-            let imag = Complex32::new(0.0, 1.0);
-            let mut corr: Vec<Complex32> = match syncs {
-                [a, b] => spec
-                    .iter()
-                    .zip(a.iter().zip(b))
-                    .map(|(s, (a, b))| s * a + imag * (s * b))
-                    .collect(),
-                _ => spec.iter().zip(&syncs[0]).map(|(s, a)| s * a).collect(),
-            };
+            let moments = correlation_spectra(&spec, syncs, &mut corr);
             fft.inverse_from_transposed(&mut corr);
-            // Peak and spread of both parts in one pass.
-            let mut stats = [(0.0f64, 0.0f64, f32::NEG_INFINITY, 0usize); 2];
-            for (i, c) in corr.iter().enumerate() {
-                for (st, r) in stats.iter_mut().zip([c.re, c.im]) {
-                    st.0 += f64::from(r);
-                    st.1 += f64::from(r) * f64::from(r);
-                    if r > st.2 {
-                        st.2 = r;
-                        st.3 = i;
-                    }
-                }
-            }
-            for (k, &(sum, sum2, peak, at)) in stats.iter().take(syncs.len()).enumerate() {
-                let n = corr.len() as f64;
-                let mean = sum / n;
-                let sd = (sum2 / n - mean * mean).max(1e-30).sqrt();
+            let peaks = peaks(&corr);
+            for (k, &(mean, mean_square)) in moments.iter().take(syncs.len()).enumerate() {
+                let sd = (mean_square - mean * mean).max(1e-30).sqrt();
+                let (peak, at) = peaks[k];
                 let z = (f64::from(peak) - mean) / sd;
                 if best.is_none_or(|b| z > b.sync_z) {
                     best = Some(Alignment {
@@ -789,6 +770,78 @@ fn align(
         }
     }
     best
+}
+
+/// Writes into `out` the spectrum of the correlations of `spec` with one or
+/// two sync spectra (the second in the imaginary part) and returns the mean
+/// and mean square of each correlation over all shifts. By Parseval, these
+/// come from the spectrum (DC bin; energy) and need no pass over the result.
+fn correlation_spectra(
+    spec: &[Complex32],
+    syncs: &[Vec<Complex32>],
+    out: &mut Vec<Complex32>,
+) -> [(f64, f64); 2] {
+    // A lone template fills both parts; the caller reads only the first.
+    let (a, b) = (&syncs[0], syncs.get(1).unwrap_or(&syncs[0]));
+    out.resize(spec.len(), Complex32::new(0.0, 0.0));
+    let mut energy = [0.0f64; 2];
+    // Eight independent f32 sums per run (so the loop vectorises), f64
+    // across runs (so 16,384 bins lose no precision that matters).
+    const LANES: usize = 8;
+    const RUN: usize = 32 * LANES;
+    let runs = out
+        .chunks_mut(RUN)
+        .zip(spec.chunks(RUN))
+        .zip(a.chunks(RUN).zip(b.chunks(RUN)));
+    for ((o, s), (a, b)) in runs {
+        let mut e = [[0.0f32; LANES]; 2];
+        let lanes = o
+            .chunks_exact_mut(LANES)
+            .zip(s.chunks_exact(LANES))
+            .zip(a.chunks_exact(LANES).zip(b.chunks_exact(LANES)));
+        for ((o, s), (a, b)) in lanes {
+            for l in 0..LANES {
+                let pa = s[l] * a[l];
+                let pb = s[l] * b[l];
+                e[0][l] += pa.norm_sqr();
+                e[1][l] += pb.norm_sqr();
+                // pa + i·pb
+                o[l] = Complex32::new(pa.re - pb.im, pa.im + pb.re);
+            }
+        }
+        for (total, lane) in energy.iter_mut().zip(&e) {
+            *total += lane.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+    }
+    // The DC bins of both correlations are real, so they sit apart in out[0].
+    let dc = out[0];
+    [
+        (f64::from(dc.re), energy[0]),
+        (f64::from(dc.im), energy[1]),
+    ]
+}
+
+/// The largest value of the real and of the imaginary part, each with its
+/// first index.
+fn peaks(corr: &[Complex32]) -> [(f32, usize); 2] {
+    // Lane-wise maxima first (vectorises), the index in a second pass.
+    let mut lanes = [[f32::NEG_INFINITY; 4]; 2];
+    let chunks = corr.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..4 {
+            lanes[0][l] = if c[l].re > lanes[0][l] { c[l].re } else { lanes[0][l] };
+            lanes[1][l] = if c[l].im > lanes[1][l] { c[l].im } else { lanes[1][l] };
+        }
+    }
+    let mut max = [lanes[0], lanes[1]].map(|l| l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+    for c in tail {
+        max[0] = max[0].max(c.re);
+        max[1] = max[1].max(c.im);
+    }
+    let re_at = corr.iter().position(|c| c.re == max[0]).unwrap_or(0);
+    let im_at = corr.iter().position(|c| c.im == max[1]).unwrap_or(0);
+    [(max[0], re_at), (max[1], im_at)]
 }
 
 /// Soft value of every chip of the issued tile (row-major), from an aligned fold.

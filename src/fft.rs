@@ -100,11 +100,15 @@ impl Fft2 {
 }
 
 /// Transforms every row of length `len`, in parallel for large buffers.
+/// One scratch buffer per task: `Fft::process` would allocate one per row.
 fn process_rows(data: &mut [Complex32], len: usize, fft: &Arc<dyn Fft<f32>>) {
+    let scratch = || vec![Complex32::new(0.0, 0.0); fft.get_inplace_scratch_len()];
     if data.len() >= 1 << 15 {
-        data.par_chunks_mut(len).for_each(|r| fft.process(r));
+        data.par_chunks_mut(len)
+            .for_each_init(scratch, |s, r| fft.process_with_scratch(r, s));
     } else {
-        data.chunks_mut(len).for_each(|r| fft.process(r));
+        // Given many rows at once, rustfft transforms each in turn.
+        fft.process_with_scratch(data, &mut scratch());
     }
 }
 

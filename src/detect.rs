@@ -864,6 +864,9 @@ fn fold(residual: &Plane, frame: &Frame) -> Vec<f32> {
     fold_rect(residual, frame, (0, 0, residual.width, residual.height))
 }
 
+/// One in the 32.32 fixed point of [`fold_rect`]'s bin coordinates.
+const FIXED_ONE: f64 = 4_294_967_296.0;
+
 /// Mean residual per half-chip bin of the tile, over the rectangle `(x0, y0, x1, y1)`.
 fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
     let (x0, y0, x1, y1) = rect;
@@ -893,11 +896,21 @@ fn fold_rect(residual: &Plane, frame: &Frame, rect: Rect) -> Vec<f32> {
                     cnt[by * BINS + bx] += 1;
                 };
                 if affine {
-                    // Along a row an affine frame moves by a constant step.
+                    // Along a row an affine frame moves by a constant step:
+                    // bin coordinates in 32.32 fixed point, whose integer
+                    // part wraps modulo 2³² (a multiple of BINS), so the
+                    // low bits are the bin, floored, with no float rounding.
                     let (ci0, cj0) = frame.map(x0 as f64 + 0.5, yf);
-                    for (x, &r) in row.iter().enumerate() {
-                        let xf = x as f64;
-                        add(ci0 + m[0] * xf, cj0 + m[3] * xf, r);
+                    let fixed = |t: f64| (t * 2.0 * FIXED_ONE) as i64;
+                    let (mut fx, mut fy) = (fixed(ci0), fixed(cj0));
+                    let (sx, sy) = (fixed(m[0]), fixed(m[3]));
+                    for &r in row {
+                        let bx = ((fx >> 32) & (bins - 1)) as usize;
+                        let by = ((fy >> 32) & (bins - 1)) as usize;
+                        sum[by * BINS + bx] += r;
+                        cnt[by * BINS + bx] += 1;
+                        fx = fx.wrapping_add(sx);
+                        fy = fy.wrapping_add(sy);
                     }
                 } else {
                     for (x, &r) in row.iter().enumerate() {

@@ -16,7 +16,7 @@ use rustfft::num_complex::Complex32;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::fft::{fast_size, Fft2};
+use crate::fft::{fast_size, RealFft2};
 use crate::plane::Plane;
 
 /// Longest side of the working image, pixels: larger leaks are shrunk first
@@ -123,40 +123,43 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
             0.5 - 0.5 * (std::f32::consts::PI * d / edge).cos()
         }
     };
-    let mut buf = vec![Complex32::new(0.0, 0.0); w * h];
+    let mut buf = vec![0.0f32; w * h];
     for y in 0..residual.height {
         let ty = taper(y, residual.height);
         for x in 0..residual.width {
             let v = (residual.data[y * residual.width + x] - mean) * ty * taper(x, residual.width);
-            buf[y * w + x] = Complex32::new(v, 0.0);
+            buf[y * w + x] = v;
         }
     }
-    let fft = Fft2::new(w, h);
-    // The spectrum stays in transposed order (row fx holds every fy): it is
-    // only weighted bin by bin before going back.
-    fft.forward_transposed(&mut buf);
-    let power: Vec<f32> = buf.iter().map(|c| c.norm_sqr()).collect();
+    // The residual is real: only the half spectrum kx ≤ w/2 is computed,
+    // left in transposed order (row kx holds every ky) since it is only
+    // weighted bin by bin before going back.
+    let fft = RealFft2::new(w, h);
+    let mut spectrum = fft.forward_transposed(&mut buf);
+    let power: Vec<f32> = spectrum.iter().map(|c| c.norm_sqr()).collect();
     let smooth = Plane {
         width: h,
-        height: w,
+        height: fft.half_width(),
         data: power.clone(),
     }
     .box_mean(4);
     // Axes carry borders and straight lines of the host, not the mark; JPEG's
     // 8×8 block grid puts energy on lines at multiples of 1/8 cycle per leak
-    // pixel. Both are zeroed, per frequency row and column.
+    // pixel. Both are zeroed, per frequency row and column, at positive and
+    // negative frequencies alike.
     let masked = |n: usize| -> Vec<bool> {
         let period = n as f64 / grid_px;
         (0..n)
             .map(|f| {
-                let r = f as f64 / period;
+                let signed = if f <= n / 2 { f } else { n - f };
+                let r = signed as f64 / period;
                 let near_grid = (r - r.round()).abs() * period < 1.5 && r.round() != 0.0;
-                f <= 1 || f >= n - 1 || near_grid
+                signed <= 1 || near_grid
             })
             .collect()
     };
     let (mask_x, mask_y) = (masked(w), masked(h));
-    for (fx, ((row, p), s)) in buf
+    for (fx, ((row, p), s)) in spectrum
         .chunks_mut(h)
         .zip(power.chunks(h))
         .zip(smooth.data.chunks(h))
@@ -171,8 +174,8 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
             *c = Complex32::new(flat, 0.0);
         }
     }
-    fft.inverse_from_transposed(&mut buf);
-    let zero = buf[0].re.max(1e-12);
+    let buf = fft.inverse_from_transposed(&mut spectrum);
+    let zero = buf[0].max(1e-12);
     let mut centred = Plane::filled(w, h, 0.0);
     for (y, row) in buf.chunks(w).enumerate() {
         let cy = (y + h / 2) % h;
@@ -184,7 +187,7 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
             .zip(left)
             .chain(out_low.iter_mut().zip(right))
         {
-            *o = c.re / zero;
+            *o = c / zero;
         }
     }
     (centred, w, h)

@@ -756,9 +756,11 @@ fn align(
             let peaks = peaks(&corr);
             for (k, &(mean, mean_square)) in moments.iter().take(syncs.len()).enumerate() {
                 let sd = (mean_square - mean * mean).max(1e-30).sqrt();
-                let (peak, at) = peaks[k];
-                let z = (f64::from(peak) - mean) / sd;
+                let z = (f64::from(peaks[k]) - mean) / sd;
                 if best.is_none_or(|b| z > b.sync_z) {
+                    // Where the peak is, looked up only when it is the best yet.
+                    let part = |c: &Complex32| if k == 0 { c.re } else { c.im };
+                    let at = corr.iter().position(|c| part(c) == peaks[k]).unwrap_or(0);
                     best = Some(Alignment {
                         sync_z: z,
                         variant: (2 * pair + k) as u32,
@@ -821,10 +823,9 @@ fn correlation_spectra(
     ]
 }
 
-/// The largest value of the real and of the imaginary part, each with its
-/// first index.
-fn peaks(corr: &[Complex32]) -> [(f32, usize); 2] {
-    // Lane-wise maxima first (vectorises), the index in a second pass.
+/// The largest value of the real and of the imaginary part.
+fn peaks(corr: &[Complex32]) -> [f32; 2] {
+    // Lane-wise maxima (the loop vectorises), then across lanes.
     let mut lanes = [[f32::NEG_INFINITY; 4]; 2];
     let chunks = corr.chunks_exact(4);
     let tail = chunks.remainder();
@@ -834,14 +835,12 @@ fn peaks(corr: &[Complex32]) -> [(f32, usize); 2] {
             lanes[1][l] = if c[l].im > lanes[1][l] { c[l].im } else { lanes[1][l] };
         }
     }
-    let mut max = [lanes[0], lanes[1]].map(|l| l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+    let mut max = lanes.map(|l| l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
     for c in tail {
         max[0] = max[0].max(c.re);
         max[1] = max[1].max(c.im);
     }
-    let re_at = corr.iter().position(|c| c.re == max[0]).unwrap_or(0);
-    let im_at = corr.iter().position(|c| c.im == max[1]).unwrap_or(0);
-    [(max[0], re_at), (max[1], im_at)]
+    max
 }
 
 /// Soft value of every chip of the issued tile (row-major), from an aligned fold.

@@ -164,18 +164,13 @@ struct Reading {
 fn read_frame(
     prepared: &Prepared,
     frame: Frame,
-    spectra: &[Vec<Complex32>],
+    bank: &SyncBank,
     known: Option<&Alignment>,
 ) -> Option<Reading> {
     let folded = fold(&prepared.residual, &frame);
     let alignment = match known {
-        None => align(&folded, spectra, None)?,
-        Some(k) => {
-            let v = k.variant as usize;
-            let mut a = align(&folded, &spectra[v..=v], Some(k.dihedral))?;
-            a.variant = k.variant;
-            a
-        }
+        None => align(&folded, &bank.pairs, None)?,
+        Some(k) => align(&folded, &[bank.only(k.variant)], Some(k.dihedral))?,
     };
     Some(Reading {
         frame,
@@ -224,7 +219,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         return none;
     }
     let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
-    let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
+    let bank = SyncBank::new(&layouts);
 
     // Score a reading: the blind serial, then every known copy of its variant.
     let score = |r: &Reading| -> (f64, u32, &'static str) {
@@ -266,7 +261,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     for batch in lattices.chunks(LATTICES_PER_BATCH) {
         let new: Vec<Reading> = batch
             .par_iter()
-            .flat_map_iter(|lat| readings_for(&prepared, lat, &spectra))
+            .flat_map_iter(|lat| readings_for(&prepared, lat, &bank))
             .collect();
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);
@@ -280,7 +275,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     {
         // Nothing aligned: under strong perspective the global autocorrelation
         // is smeared, but the centre of the leak still has a clean local lattice.
-        let new = perspective_readings(&prepared, &spectra);
+        let new = perspective_readings(&prepared, &bank);
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);
     }
@@ -319,11 +314,11 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
 }
 
 /// The readings of one lattice: global, then up to two perspective refinements.
-fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) -> Vec<Reading> {
+fn readings_for(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Vec<Reading> {
     let Some(frame) = Frame::from_lattice(lat) else {
         return Vec::new();
     };
-    let Some(first) = read_frame(prepared, frame, spectra, None) else {
+    let Some(first) = read_frame(prepared, frame, bank, None) else {
         return Vec::new();
     };
     let tile_px = norm2(lat.u).min(norm2(lat.v));
@@ -333,8 +328,8 @@ fn readings_for(prepared: &Prepared, lat: &Lattice, spectra: &[Vec<Complex32>]) 
         if current.alignment.sync_z < REFINE_MIN_SYNC_Z {
             break;
         }
-        let Some(next) = refine(prepared, current, spectra, tile_px)
-            .and_then(|frame| read_frame(prepared, frame, spectra, Some(&current.alignment)))
+        let Some(next) = refine(prepared, current, bank, tile_px)
+            .and_then(|frame| read_frame(prepared, frame, bank, Some(&current.alignment)))
         else {
             break;
         };
@@ -364,7 +359,7 @@ const WINDOW_MIN_SYNC_Z: f64 = 4.0;
 fn local_start(
     prepared: &Prepared,
     lat: &Lattice,
-    spectra: &[Vec<Complex32>],
+    bank: &SyncBank,
     tile_px: f64,
     acfs: &sync::WindowAcfs,
 ) -> Option<Reading> {
@@ -409,7 +404,7 @@ fn local_start(
     let (centre, centre_fold) = by_distance
         .iter()
         .find_map(|&i| fold_window(&windows[i]).map(|f| (i, f)))?;
-    let anchor = align(&centre_fold, spectra, None)?;
+    let anchor = align(&centre_fold, &bank.pairs, None)?;
     if anchor.sync_z < REFINE_MIN_SYNC_Z {
         return None;
     }
@@ -423,12 +418,12 @@ fn local_start(
             }
         })
         .collect();
-    let spectrum = &spectra[anchor.variant as usize..=anchor.variant as usize];
+    let spectrum = [bank.only(anchor.variant)];
     let matches: Vec<Match> = windows
         .iter()
         .zip(&folds)
         .filter_map(|(&(cx, cy, _), f)| {
-            let la = align(f.as_ref()?, spectrum, Some(anchor.dihedral))?;
+            let la = align(f.as_ref()?, &spectrum, Some(anchor.dihedral))?;
             if la.sync_z < WINDOW_MIN_SYNC_Z {
                 return None;
             }
@@ -440,12 +435,12 @@ fn local_start(
     let frame = Frame {
         m: invert3(&fit_homography(&matches)?, 1e-12)?,
     };
-    read_frame(prepared, frame, spectra, Some(&anchor))
+    read_frame(prepared, frame, bank, Some(&anchor))
 }
 
 /// Readings started from the lattice of the leak's central region (half its
 /// width and height), for leaks whose global lattice is smeared by perspective.
-fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<Reading> {
+fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
     let r = &prepared.residual;
     let (x0, y0) = (r.width / 4, r.height / 4);
     let (x1, y1) = (x0 + r.width / 2, y0 + r.height / 2);
@@ -464,9 +459,9 @@ fn perspective_readings(prepared: &Prepared, spectra: &[Vec<Complex32>]) -> Vec<
         .par_iter()
         .filter_map(|lat| {
             let tile_px = norm2(lat.u).min(norm2(lat.v));
-            let start = local_start(prepared, lat, spectra, tile_px, &acfs)?;
-            let frame = refine(prepared, &start, spectra, tile_px)?;
-            read_frame(prepared, frame, spectra, Some(&start.alignment))
+            let start = local_start(prepared, lat, bank, tile_px, &acfs)?;
+            let frame = refine(prepared, &start, bank, tile_px)?;
+            read_frame(prepared, frame, bank, Some(&start.alignment))
         })
         .collect()
 }
@@ -512,7 +507,7 @@ fn folded_offset(shift: (usize, usize), reference: (usize, usize), dihedral: usi
 fn refine(
     prepared: &Prepared,
     reading: &Reading,
-    spectra: &[Vec<Complex32>],
+    bank: &SyncBank,
     tile_px: f64,
 ) -> Option<Frame> {
     let r = &prepared.residual;
@@ -521,7 +516,7 @@ fn refine(
     let ny = ((h / tile_px).round() as usize).clamp(2, 6);
     let (win_w, win_h) = (w / nx as f64 * 1.6, h / ny as f64 * 1.6);
     let al = reading.alignment;
-    let spectrum = &spectra[al.variant as usize..=al.variant as usize];
+    let spectrum = [bank.only(al.variant)];
     let windows: Vec<(f64, f64)> = (0..ny)
         .flat_map(|j| {
             (0..nx).map(move |i| {
@@ -540,7 +535,7 @@ fn refine(
             let x1 = ((cx + win_w / 2.0) as usize).min(r.width);
             let y1 = ((cy + win_h / 2.0) as usize).min(r.height);
             let local = fold_rect(r, &reading.frame, (x0, y0, x1, y1));
-            let la = align(&local, spectrum, Some(al.dihedral))?;
+            let la = align(&local, &spectrum, Some(al.dihedral))?;
             if la.sync_z < WINDOW_MIN_SYNC_Z {
                 return None;
             }
@@ -714,6 +709,61 @@ fn bins_fft() -> &'static Fft2 {
     FFT.get_or_init(|| Fft2::new(BINS, BINS))
 }
 
+/// The sync templates of every variant, paired for the alignment search.
+struct SyncBank {
+    /// Variants 2k and 2k + 1 in pair k.
+    pairs: Vec<SyncPair>,
+    /// Each variant's template spectrum alone.
+    spectra: Vec<Vec<Complex32>>,
+}
+
+impl SyncBank {
+    fn new(layouts: &[Layout]) -> Self {
+        let spectra: Vec<Vec<Complex32>> = layouts.iter().map(sync_spectrum).collect();
+        let pairs = layouts
+            .chunks(2)
+            .zip(spectra.chunks(2))
+            .map(|(l, s)| {
+                let parts: Vec<(u32, &[Complex32])> =
+                    l.iter().zip(s).map(|(l, s)| (l.variant, s.as_slice())).collect();
+                SyncPair::new(&parts)
+            })
+            .collect();
+        SyncBank { pairs, spectra }
+    }
+
+    /// The template of one variant, for a search whose variant is known.
+    fn only(&self, variant: u32) -> SyncPair {
+        SyncPair::new(&[(variant, &self.spectra[variant as usize])])
+    }
+}
+
+/// The template spectra `a` and `b` of one or two variants, combined as
+/// `a + i·b`: both correlations with a real fold are real, so one product
+/// and one inverse transform give the first in the real part and the second
+/// in the imaginary part.
+struct SyncPair {
+    variants: Vec<u32>,
+    combined: Vec<Complex32>,
+    /// `|a|²` and `|b|²` per bin (zero for a missing `b`), for Parseval.
+    power: [Vec<f32>; 2],
+}
+
+impl SyncPair {
+    /// From one or two `(variant, conjugated template spectrum)` parts.
+    fn new(parts: &[(u32, &[Complex32])]) -> Self {
+        let a = parts[0].1;
+        let zero = vec![Complex32::new(0.0, 0.0); a.len()];
+        let b = parts.get(1).map_or(zero.as_slice(), |p| p.1);
+        let i = Complex32::new(0.0, 1.0);
+        SyncPair {
+            variants: parts.iter().map(|p| p.0).collect(),
+            combined: a.iter().zip(b).map(|(a, b)| a + i * b).collect(),
+            power: [a, b].map(|t| t.iter().map(|c| c.norm_sqr()).collect()),
+        }
+    }
+}
+
 /// The sync chips of a layout as a BINS² template, conjugated spectrum in
 /// the transposed order of [`Fft2::forward_transposed`].
 fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
@@ -728,11 +778,11 @@ fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
     t.iter().map(|c| c.conj()).collect()
 }
 
-/// Finds the flip, shift and variant (index into `spectra`) whose sync chips
+/// Finds the flip, shift and variant (of those in `pairs`) whose sync chips
 /// match the folded tile best. `only_dihedral` restricts the flip search.
 fn align(
     folded: &[f32],
-    spectra: &[Vec<Complex32>],
+    pairs: &[SyncPair],
     only_dihedral: Option<usize>,
 ) -> Option<Alignment> {
     let fft = bins_fft();
@@ -748,13 +798,12 @@ fn align(
             .map(|v| Complex32::new(v, 0.0))
             .collect();
         fft.forward_transposed(&mut spec);
-        // Both correlations are real, so two variants share one inverse
-        // transform: the first in the real part, the second in the imaginary.
-        for (pair, syncs) in spectra.chunks(2).enumerate() {
-            let moments = correlation_spectra(&spec, syncs, &mut corr);
+        for pair in pairs {
+            let moments = correlation_spectrum(&spec, pair, &mut corr);
             fft.inverse_from_transposed(&mut corr);
             let peaks = peaks(&corr);
-            for (k, &(mean, mean_square)) in moments.iter().take(syncs.len()).enumerate() {
+            for (k, &variant) in pair.variants.iter().enumerate() {
+                let (mean, mean_square) = moments[k];
                 let sd = (mean_square - mean * mean).max(1e-30).sqrt();
                 let z = (f64::from(peaks[k]) - mean) / sd;
                 if best.is_none_or(|b| z > b.sync_z) {
@@ -763,7 +812,7 @@ fn align(
                     let at = corr.iter().position(|c| part(c) == peaks[k]).unwrap_or(0);
                     best = Some(Alignment {
                         sync_z: z,
-                        variant: (2 * pair + k) as u32,
+                        variant,
                         dihedral: d,
                         shift: (at % BINS, at / BINS),
                     });
@@ -774,41 +823,35 @@ fn align(
     best
 }
 
-/// Writes into `out` the spectrum of the correlations of `spec` with one or
-/// two sync spectra (the second in the imaginary part) and returns the mean
-/// and mean square of each correlation over all shifts. By Parseval, these
-/// come from the spectrum (DC bin; energy) and need no pass over the result.
-fn correlation_spectra(
-    spec: &[Complex32],
-    syncs: &[Vec<Complex32>],
-    out: &mut Vec<Complex32>,
-) -> [(f64, f64); 2] {
-    // A lone template fills both parts; the caller reads only the first.
-    let (a, b) = (&syncs[0], syncs.get(1).unwrap_or(&syncs[0]));
+/// Writes into `out` the spectrum of the correlations of `spec` with the
+/// pair's sync templates (the second in the imaginary part) and returns the
+/// mean and mean square of each correlation over all shifts. By Parseval,
+/// these come from the spectrum (DC bin; energy) and need no pass over the
+/// result.
+fn correlation_spectrum(spec: &[Complex32], pair: &SyncPair, out: &mut Vec<Complex32>) -> [(f64, f64); 2] {
     out.resize(spec.len(), Complex32::new(0.0, 0.0));
     let mut energy = [0.0f64; 2];
     // Eight independent f32 sums per run (so the loop vectorises), f64
     // across runs (so 16,384 bins lose no precision that matters).
     const LANES: usize = 8;
     const RUN: usize = 32 * LANES;
+    let [power_a, power_b] = &pair.power;
     let runs = out
         .chunks_mut(RUN)
-        .zip(spec.chunks(RUN))
-        .zip(a.chunks(RUN).zip(b.chunks(RUN)));
-    for ((o, s), (a, b)) in runs {
+        .zip(spec.chunks(RUN).zip(pair.combined.chunks(RUN)))
+        .zip(power_a.chunks(RUN).zip(power_b.chunks(RUN)));
+    for ((o, (s, c)), (pa, pb)) in runs {
         let mut e = [[0.0f32; LANES]; 2];
         let lanes = o
             .chunks_exact_mut(LANES)
-            .zip(s.chunks_exact(LANES))
-            .zip(a.chunks_exact(LANES).zip(b.chunks_exact(LANES)));
-        for ((o, s), (a, b)) in lanes {
+            .zip(s.chunks_exact(LANES).zip(c.chunks_exact(LANES)))
+            .zip(pa.chunks_exact(LANES).zip(pb.chunks_exact(LANES)));
+        for ((o, (s, c)), (pa, pb)) in lanes {
             for l in 0..LANES {
-                let pa = s[l] * a[l];
-                let pb = s[l] * b[l];
-                e[0][l] += pa.norm_sqr();
-                e[1][l] += pb.norm_sqr();
-                // pa + i·pb
-                o[l] = Complex32::new(pa.re - pb.im, pa.im + pb.re);
+                let ps = s[l].norm_sqr();
+                e[0][l] += ps * pa[l];
+                e[1][l] += ps * pb[l];
+                o[l] = s[l] * c[l];
             }
         }
         for (total, lane) in energy.iter_mut().zip(&e) {
@@ -1072,14 +1115,14 @@ pub(crate) fn read_on_grid(
     };
     let folded = fold(residual, &frame);
     let layout = Layout::new(key, variant);
-    let spectrum = sync_spectrum(&layout);
+    let sync = SyncPair::new(&[(variant, &sync_spectrum(&layout))]);
     let mut alignment = Alignment {
         sync_z: 0.0,
         variant,
         dihedral: 0,
         shift: (0, 0),
     };
-    if let Some(found) = align(&folded, std::slice::from_ref(&spectrum), Some(0)) {
+    if let Some(found) = align(&folded, std::slice::from_ref(&sync), Some(0)) {
         alignment.sync_z = found.sync_z;
         if found.sync_z >= INFORMED_RESYNC_Z {
             alignment.shift = found.shift;

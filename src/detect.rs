@@ -504,12 +504,7 @@ fn folded_offset(shift: (usize, usize), reference: (usize, usize), dihedral: usi
 /// how far its part of the leak is from where the current frame puts it, and
 /// a projective map is fitted to those correspondences. Uses sync chips only,
 /// so the verify statistic stays independent of the choice.
-fn refine(
-    prepared: &Prepared,
-    reading: &Reading,
-    bank: &SyncBank,
-    tile_px: f64,
-) -> Option<Frame> {
+fn refine(prepared: &Prepared, reading: &Reading, bank: &SyncBank, tile_px: f64) -> Option<Frame> {
     let r = &prepared.residual;
     let (w, h) = (r.width as f64, r.height as f64);
     let nx = ((w / tile_px).round() as usize).clamp(2, 6);
@@ -724,8 +719,11 @@ impl SyncBank {
             .chunks(2)
             .zip(spectra.chunks(2))
             .map(|(l, s)| {
-                let parts: Vec<(u32, &[Complex32])> =
-                    l.iter().zip(s).map(|(l, s)| (l.variant, s.as_slice())).collect();
+                let parts: Vec<(u32, &[Complex32])> = l
+                    .iter()
+                    .zip(s)
+                    .map(|(l, s)| (l.variant, s.as_slice()))
+                    .collect();
                 SyncPair::new(&parts)
             })
             .collect();
@@ -780,11 +778,7 @@ fn sync_spectrum(layout: &Layout) -> Vec<Complex32> {
 
 /// Finds the flip, shift and variant (of those in `pairs`) whose sync chips
 /// match the folded tile best. `only_dihedral` restricts the flip search.
-fn align(
-    folded: &[f32],
-    pairs: &[SyncPair],
-    only_dihedral: Option<usize>,
-) -> Option<Alignment> {
+fn align(folded: &[f32], pairs: &[SyncPair], only_dihedral: Option<usize>) -> Option<Alignment> {
     let fft = bins_fft();
     let mut best: Option<Alignment> = None;
     let flips: Vec<usize> = match only_dihedral {
@@ -828,7 +822,11 @@ fn align(
 /// mean and mean square of each correlation over all shifts. By Parseval,
 /// these come from the spectrum (DC bin; energy) and need no pass over the
 /// result.
-fn correlation_spectrum(spec: &[Complex32], pair: &SyncPair, out: &mut Vec<Complex32>) -> [(f64, f64); 2] {
+fn correlation_spectrum(
+    spec: &[Complex32],
+    pair: &SyncPair,
+    out: &mut Vec<Complex32>,
+) -> [(f64, f64); 2] {
     out.resize(spec.len(), Complex32::new(0.0, 0.0));
     let mut energy = [0.0f64; 2];
     // Eight independent f32 sums per run (so the loop vectorises), f64
@@ -860,10 +858,7 @@ fn correlation_spectrum(spec: &[Complex32], pair: &SyncPair, out: &mut Vec<Compl
     }
     // The DC bins of both correlations are real, so they sit apart in out[0].
     let dc = out[0];
-    [
-        (f64::from(dc.re), energy[0]),
-        (f64::from(dc.im), energy[1]),
-    ]
+    [(f64::from(dc.re), energy[0]), (f64::from(dc.im), energy[1])]
 }
 
 /// The largest value of the real and of the imaginary part.
@@ -874,8 +869,16 @@ fn peaks(corr: &[Complex32]) -> [f32; 2] {
     let tail = chunks.remainder();
     for c in chunks {
         for l in 0..4 {
-            lanes[0][l] = if c[l].re > lanes[0][l] { c[l].re } else { lanes[0][l] };
-            lanes[1][l] = if c[l].im > lanes[1][l] { c[l].im } else { lanes[1][l] };
+            lanes[0][l] = if c[l].re > lanes[0][l] {
+                c[l].re
+            } else {
+                lanes[0][l]
+            };
+            lanes[1][l] = if c[l].im > lanes[1][l] {
+                c[l].im
+            } else {
+                lanes[1][l]
+            };
         }
     }
     let mut max = lanes.map(|l| l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));

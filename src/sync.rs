@@ -114,21 +114,28 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
     );
     let mean = residual.data.iter().sum::<f32>() / residual.data.len().max(1) as f32;
     // Cosine taper over the outer 6 % so the borders do not ring.
-    let taper = |i: usize, n: usize| -> f32 {
+    let taper = |n: usize| -> Vec<f32> {
         let edge = (n as f32 * 0.06).max(1.0);
-        let d = (i as f32 + 0.5).min(n as f32 - i as f32 - 0.5);
-        if d >= edge {
-            1.0
-        } else {
-            0.5 - 0.5 * (std::f32::consts::PI * d / edge).cos()
-        }
+        (0..n)
+            .map(|i| {
+                let d = (i as f32 + 0.5).min(n as f32 - i as f32 - 0.5);
+                if d >= edge {
+                    1.0
+                } else {
+                    0.5 - 0.5 * (std::f32::consts::PI * d / edge).cos()
+                }
+            })
+            .collect()
     };
+    let (taper_x, taper_y) = (taper(residual.width), taper(residual.height));
     let mut buf = vec![0.0f32; w * h];
-    for y in 0..residual.height {
-        let ty = taper(y, residual.height);
-        for x in 0..residual.width {
-            let v = (residual.data[y * residual.width + x] - mean) * ty * taper(x, residual.width);
-            buf[y * w + x] = v;
+    for ((row, src), &ty) in buf
+        .chunks_mut(w)
+        .zip(residual.data.chunks(residual.width))
+        .zip(&taper_y)
+    {
+        for ((b, &v), &tx) in row.iter_mut().zip(src).zip(&taper_x) {
+            *b = (v - mean) * ty * tx;
         }
     }
     // The residual is real: only the half spectrum kx ≤ w/2 is computed,

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::key::SecretKey;
 use crate::mask::perceptual_mask;
 use crate::pattern::{document_variant, Layout, TILE};
-use crate::plane::Plane;
+use crate::plane::{map_rgba, Plane};
 use crate::stats;
 use crate::{Error, Result};
 
@@ -44,6 +44,10 @@ const ALPHA_MAX: f32 = 8.0;
 pub const WHITE_CAP: f32 = 1.3;
 /// Samples per chip in the pre-rendered smooth tile.
 const OVERSAMPLE: usize = 8;
+const _: () = assert!(
+    (TILE * OVERSAMPLE).is_power_of_two(),
+    "the tile table wraps by masking"
+);
 
 /// A marked image and what was done to it.
 #[derive(Clone, Debug)]
@@ -78,6 +82,7 @@ pub fn variant_for_image(key: &SecretKey, image: &DynamicImage) -> u32 {
 
 /// The tile rendered smooth and periodic, sampled bilinearly.
 pub struct SmoothTile {
+    /// Table side, samples: a power of two (`TILE · OVERSAMPLE`).
     side: usize,
     table: Vec<f32>,
 }
@@ -127,50 +132,46 @@ impl SmoothTile {
         }
     }
 
-    /// Value at chip coordinates (any real numbers; the tile repeats).
-    #[inline]
-    pub fn sample(&self, cx: f64, cy: f64) -> f32 {
-        let s = self.side as f64;
-        let u = (cx * OVERSAMPLE as f64 - 0.5).rem_euclid(s);
-        let v = (cy * OVERSAMPLE as f64 - 0.5).rem_euclid(s);
-        let (x0, y0) = (
-            u.floor() as usize % self.side,
-            v.floor() as usize % self.side,
-        );
-        let (fx, fy) = ((u - u.floor()) as f32, (v - v.floor()) as f32);
-        let (x1, y1) = ((x0 + 1) % self.side, (y0 + 1) % self.side);
-        let t = &self.table;
-        let top = t[y0 * self.side + x0] * (1.0 - fx) + t[y0 * self.side + x1] * fx;
-        let bottom = t[y1 * self.side + x0] * (1.0 - fx) + t[y1 * self.side + x1] * fx;
-        top * (1.0 - fy) + bottom * fy
+    /// Values along a row of pixels: the first at chip coordinates
+    /// `(cx0, cy)`, each next one `step` chips further along x (any real
+    /// numbers; the tile repeats). Bilinear between table samples.
+    pub fn sample_row(&self, cx0: f64, step: f64, cy: f64, out: &mut [f32]) {
+        let side = self.side;
+        let oversample = OVERSAMPLE as f64;
+        let v = (cy * oversample - 0.5).rem_euclid(side as f64);
+        let y0 = (v.floor() as usize).min(side - 1);
+        let fy = (v - v.floor()) as f32;
+        let top = &self.table[y0 * side..(y0 + 1) * side];
+        let bottom = &self.table[(y0 + 1) % side * side..][..side];
+        // Table x in 32.32 fixed point, wrapping at the side (a power of
+        // two): the integer part indexes, the fraction interpolates.
+        const ONE: f64 = 4_294_967_296.0;
+        let wrap = ((side as u64) << 32) - 1;
+        let mut u = ((cx0 * oversample - 0.5).rem_euclid(side as f64) * ONE) as u64 & wrap;
+        let du = ((step * oversample).rem_euclid(side as f64) * ONE) as u64;
+        for o in out {
+            let x0 = (u >> 32) as usize;
+            let x1 = (x0 + 1) & (side - 1);
+            let fx = (u & 0xffff_ffff) as f32 * (1.0 / ONE as f32);
+            let t = top[x0] + (top[x1] - top[x0]) * fx;
+            let b = bottom[x0] + (bottom[x1] - bottom[x0]) * fx;
+            *o = t + (b - t) * fy;
+            u = u.wrapping_add(du) & wrap;
+        }
     }
 }
 
-/// Per-pixel colour facts the shaping needs, on a 0–255 scale.
-struct Headroom {
-    /// Most negative change that keeps every colour channel ≥ 0.
-    lo: Vec<f32>,
-    /// Most positive change that keeps every colour channel ≤ 255.
-    hi: Vec<f32>,
-    /// Whether the pixel is visible (alpha > 0).
-    visible: Vec<bool>,
-}
-
-fn headroom(image: &DynamicImage) -> Headroom {
-    let rgba = image.to_rgba32f();
-    let n = rgba.pixels().len();
-    let (mut lo, mut hi, mut visible) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for p in rgba.pixels() {
-        let [r, g, b, a] = p.0;
-        lo.push(-255.0 * r.min(g).min(b));
-        hi.push(255.0 * (1.0 - r.max(g).max(b)));
-        visible.push(a > 0.0);
-    }
-    Headroom { lo, hi, visible }
+/// How far each pixel may move, on a 0–255 scale: `(lo, hi)`, the most
+/// negative and most positive change that keep every colour channel inside
+/// 0–255. An invisible pixel (alpha 0) gets `(0, 0)`: it is never changed.
+fn headroom(image: &DynamicImage) -> Vec<(f32, f32)> {
+    map_rgba(image, |[r, g, b, a]| {
+        if a > 0.0 {
+            (-255.0 * r.min(g).min(b), 255.0 * (1.0 - r.max(g).max(b)))
+        } else {
+            (0.0, 0.0)
+        }
+    })
 }
 
 /// The change applied to one pixel: `raw` levels of mark, shaped so that it
@@ -218,17 +219,13 @@ pub fn embed(key: &SecretKey, image: &DynamicImage, serial: u32, variant: u32) -
     let mut pattern = vec![0.0f32; wu * hu];
     pattern.par_chunks_mut(wu).enumerate().for_each(|(y, row)| {
         let cy = (y as f64 + 0.5) / chip_px;
-        for (x, v) in row.iter_mut().enumerate() {
-            *v = tile.sample((x as f64 + 0.5) / chip_px, cy);
-        }
+        tile.sample_row(0.5 / chip_px, 1.0 / chip_px, cy, row);
     });
     // The change at pixel i for strength alpha: masked, capped for SSIM, shaped into the headroom.
     let change = |alpha: f32, i: usize| -> f32 {
-        if !room.visible[i] {
-            return 0.0;
-        }
         let amplitude = (alpha * mask.weight.data[i]).min(mask.cap_levels.data[i]);
-        shape(amplitude * pattern[i], room.lo[i], room.hi[i])
+        let (lo, hi) = room[i];
+        shape(amplitude * pattern[i], lo, hi)
     };
 
     // Strength for the PSNR target, by bisection on every 3rd row (the MSE
@@ -342,6 +339,38 @@ mod tests {
         for raw in [-10.0f32, -1.0, 0.0, 0.7, 5.0] {
             let d = shape(raw, -255.0, 0.0);
             assert!((-2.0 * WHITE_CAP..=0.0).contains(&d), "{raw} -> {d}");
+        }
+    }
+
+    #[test]
+    fn row_sampling_is_bilinear_and_periodic() {
+        let chips: Vec<f32> = (0..TILE * TILE)
+            .map(|i| if (i * 7919) % 3 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let tile = SmoothTile::render(&chips);
+        let side = tile.side as f64;
+        // Bilinear at table coordinates (u, v), straight from the table.
+        let direct = |cx: f64, cy: f64| -> f32 {
+            let u = (cx * OVERSAMPLE as f64 - 0.5).rem_euclid(side);
+            let v = (cy * OVERSAMPLE as f64 - 0.5).rem_euclid(side);
+            let (x0, y0) = (u.floor() as usize, v.floor() as usize);
+            let (x1, y1) = ((x0 + 1) % tile.side, (y0 + 1) % tile.side);
+            let (fx, fy) = ((u - u.floor()) as f32, (v - v.floor()) as f32);
+            let t = |x: usize, y: usize| tile.table[y * tile.side + x];
+            let top = t(x0, y0) * (1.0 - fx) + t(x1, y0) * fx;
+            let bottom = t(x0, y1) * (1.0 - fx) + t(x1, y1) * fx;
+            top * (1.0 - fy) + bottom * fy
+        };
+        for (cx0, step, cy) in [(0.19, 0.37, 3.3), (-5.2, 0.29, -70.1), (63.9, 0.5, 64.0)] {
+            let mut row = vec![0.0f32; 600];
+            tile.sample_row(cx0, step, cy, &mut row);
+            for (k, &got) in row.iter().enumerate() {
+                let want = direct(cx0 + k as f64 * step, cy);
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "({cx0}, {step}, {cy}) #{k}: {got} vs {want}"
+                );
+            }
         }
     }
 

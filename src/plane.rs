@@ -31,15 +31,10 @@ impl Plane {
     /// Fully transparent pixels read as white, as most viewers show them.
     pub fn luma(image: &DynamicImage) -> Self {
         let (width, height) = (image.width() as usize, image.height() as usize);
-        let rgba = image.to_rgba32f();
-        let data = rgba
-            .pixels()
-            .map(|p| {
-                let [r, g, b, a] = p.0;
-                let y = 0.299 * r + 0.587 * g + 0.114 * b;
-                255.0 * (y * a + (1.0 - a))
-            })
-            .collect();
+        let data = map_rgba(image, |[r, g, b, a]| {
+            let y = 0.299 * r + 0.587 * g + 0.114 * b;
+            255.0 * (y * a + (1.0 - a))
+        });
         Plane {
             width,
             height,
@@ -73,37 +68,40 @@ impl Plane {
         let (w, h) = (self.width, self.height);
         let horizontal = box_1d_rows(&self.data, w, h, radius);
         // Vertical pass from running column sums (f64, so long columns stay
-        // exact): row y of the result needs rows y−r..=y+r, the ones past an
-        // edge replaced by the edge row. No transposes: rows stay in cache.
-        let mut prefix = vec![0.0f64; w * (h + 1)];
-        for y in 0..h {
-            let (done, rest) = prefix.split_at_mut((y + 1) * w);
-            let prev = &done[y * w..];
-            for ((p, &q), &v) in rest[..w]
-                .iter_mut()
-                .zip(prev)
-                .zip(&horizontal[y * w..(y + 1) * w])
-            {
-                *p = q + f64::from(v);
-            }
-        }
+        // exact), a block of rows per task: row y of the result needs rows
+        // y−r..=y+r, the ones past an edge replaced by the edge row. No
+        // transposes: rows stay in cache.
+        const BLOCK_ROWS: usize = 64;
+        let row = |y: isize| {
+            let y = y.clamp(0, h as isize - 1) as usize;
+            &horizontal[y * w..(y + 1) * w]
+        };
+        let r = radius as isize;
         let n = (2 * radius + 1) as f64;
         let mut data = vec![0.0f32; w * h];
-        data.par_chunks_mut(w).enumerate().for_each(|(y, out)| {
-            let lo = y as isize - radius as isize;
-            let hi = y + radius;
-            let (below, above) = (lo.min(0).unsigned_abs(), hi.saturating_sub(h - 1));
-            let (first, last) = (lo.max(0) as usize, hi.min(h - 1));
-            let top = &prefix[first * w..(first + 1) * w];
-            let bottom = &prefix[(last + 1) * w..(last + 2) * w];
-            let (edge0, edge1) = (&horizontal[..w], &horizontal[(h - 1) * w..]);
-            for x in 0..w {
-                let sum = bottom[x] - top[x]
-                    + below as f64 * f64::from(edge0[x])
-                    + above as f64 * f64::from(edge1[x]);
-                out[x] = (sum / n) as f32;
-            }
-        });
+        data.par_chunks_mut(w * BLOCK_ROWS)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let y0 = (block * BLOCK_ROWS) as isize;
+                let mut sum = vec![0.0f64; w];
+                for dy in -r..=r {
+                    for (s, &v) in sum.iter_mut().zip(row(y0 + dy)) {
+                        *s += f64::from(v);
+                    }
+                }
+                for (k, out) in out.chunks_mut(w).enumerate() {
+                    let y = y0 + k as isize;
+                    if k > 0 {
+                        let (enter, leave) = (row(y + r), row(y - r - 1));
+                        for ((s, &a), &b) in sum.iter_mut().zip(enter).zip(leave) {
+                            *s += f64::from(a) - f64::from(b);
+                        }
+                    }
+                    for (o, &s) in out.iter_mut().zip(&sum) {
+                        *o = (s / n) as f32;
+                    }
+                }
+            });
         Plane {
             width: w,
             height: h,
@@ -143,6 +141,88 @@ impl Plane {
             data: transpose(&cols, height, width),
         }
     }
+}
+
+/// `f` of every pixel's RGBA on a 0–1 scale, row-major, rows in parallel:
+/// no float copy of the whole image (four times the size of an 8-bit one)
+/// is made for the common pixel types.
+pub(crate) fn map_rgba<T>(image: &DynamicImage, f: impl Fn([f32; 4]) -> T + Sync) -> Vec<T>
+where
+    T: Copy + Default + Send,
+{
+    fn run<S: Sync, T: Send>(
+        out: &mut [T],
+        width: usize,
+        samples: &[S],
+        channels: usize,
+        rgba: impl Fn(&[S]) -> [f32; 4] + Sync,
+        f: &(impl Fn([f32; 4]) -> T + Sync),
+    ) {
+        out.par_chunks_mut(width.max(1))
+            .zip(samples.par_chunks((width * channels).max(1)))
+            .for_each(|(out, row)| {
+                for (o, px) in out.iter_mut().zip(row.chunks_exact(channels)) {
+                    *o = f(rgba(px));
+                }
+            });
+    }
+    let w = image.width() as usize;
+    let mut out = vec![T::default(); w * image.height() as usize];
+    // As the image crate converts, so values match it bit for bit: colour
+    // samples by division, grey ones by the reciprocal.
+    let u8_ = |v: u8| f32::from(v) / 255.0;
+    let u16_ = |v: u16| f32::from(v) / 65535.0;
+    let grey8 = |v: u8| f32::from(v) * (1.0 / 255.0);
+    let grey16 = |v: u16| f32::from(v) * (1.0 / 65535.0);
+    let grey = |v: f32, a: f32| [v, v, v, a];
+    match image {
+        DynamicImage::ImageLuma8(b) => run(&mut out, w, b, 1, |p| grey(grey8(p[0]), 1.0), &f),
+        DynamicImage::ImageLumaA8(b) => {
+            run(&mut out, w, b, 2, |p| grey(grey8(p[0]), grey8(p[1])), &f);
+        }
+        DynamicImage::ImageRgb8(b) => {
+            run(
+                &mut out,
+                w,
+                b,
+                3,
+                |p| [u8_(p[0]), u8_(p[1]), u8_(p[2]), 1.0],
+                &f,
+            );
+        }
+        DynamicImage::ImageRgba8(b) => {
+            run(&mut out, w, b, 4, |p| [p[0], p[1], p[2], p[3]].map(u8_), &f);
+        }
+        DynamicImage::ImageLuma16(b) => run(&mut out, w, b, 1, |p| grey(grey16(p[0]), 1.0), &f),
+        DynamicImage::ImageLumaA16(b) => {
+            run(&mut out, w, b, 2, |p| grey(grey16(p[0]), grey16(p[1])), &f);
+        }
+        DynamicImage::ImageRgb16(b) => {
+            run(
+                &mut out,
+                w,
+                b,
+                3,
+                |p| [u16_(p[0]), u16_(p[1]), u16_(p[2]), 1.0],
+                &f,
+            );
+        }
+        DynamicImage::ImageRgba16(b) => {
+            run(
+                &mut out,
+                w,
+                b,
+                4,
+                |p| [p[0], p[1], p[2], p[3]].map(u16_),
+                &f,
+            );
+        }
+        other => {
+            let rgba = other.to_rgba32f();
+            run(&mut out, w, &rgba, 4, |p| [p[0], p[1], p[2], p[3]], &f);
+        }
+    }
+    out
 }
 
 /// Transposes a row-major `width` × `height` buffer (blocked, cache-friendly).
@@ -231,6 +311,55 @@ mod tests {
     fn box_mean_of_constant_is_constant() {
         let p = Plane::filled(17, 9, 3.5);
         assert!(p.box_mean(3).data.iter().all(|&v| (v - 3.5).abs() < 1e-5));
+    }
+
+    #[test]
+    fn box_mean_matches_the_direct_sum_with_clamped_borders() {
+        // Taller than one block of rows, so block starts are covered too.
+        let (w, h, r) = (7usize, 150usize, 3isize);
+        let p = Plane {
+            width: w,
+            height: h,
+            data: (0..w * h).map(|i| ((i * 37) % 101) as f32).collect(),
+        };
+        let b = p.box_mean(r as usize);
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                let mut sum = 0.0;
+                for dy in -r..=r {
+                    for dx in -r..=r {
+                        sum += p.at_clamped(x + dx, y + dy);
+                    }
+                }
+                let direct = sum / ((2 * r + 1) * (2 * r + 1)) as f32;
+                let got = b.data[y as usize * w + x as usize];
+                assert!((got - direct).abs() < 1e-3, "({x}, {y}): {got} vs {direct}");
+            }
+        }
+    }
+
+    #[test]
+    fn rgba_of_every_pixel_type_matches_the_image_crate() {
+        let rgba8 = image::RgbaImage::from_fn(5, 3, |x, y| {
+            image::Rgba([(x * 50) as u8, (y * 90) as u8, 7, (x * 60 + y) as u8])
+        });
+        let base = DynamicImage::ImageRgba8(rgba8);
+        let types = [
+            DynamicImage::ImageLuma8(base.to_luma8()),
+            DynamicImage::ImageLumaA8(base.to_luma_alpha8()),
+            DynamicImage::ImageRgb8(base.to_rgb8()),
+            base.clone(),
+            DynamicImage::ImageLuma16(base.to_luma16()),
+            DynamicImage::ImageLumaA16(base.to_luma_alpha16()),
+            DynamicImage::ImageRgb16(base.to_rgb16()),
+            DynamicImage::ImageRgba16(base.to_rgba16()),
+            DynamicImage::ImageRgb32F(base.to_rgb32f()),
+        ];
+        for image in types {
+            let ours = map_rgba(&image, |p| p);
+            let theirs: Vec<[f32; 4]> = image.to_rgba32f().pixels().map(|p| p.0).collect();
+            assert_eq!(ours, theirs, "{:?}", image.color());
+        }
     }
 
     #[test]

@@ -41,20 +41,9 @@ pub struct Mask {
 /// Mask for a luma plane, for a mark whose chips are `chip_px` pixels wide.
 pub fn perceptual_mask(luma: &Plane, chip_px: f64) -> Mask {
     let radius = (chip_px.round() as usize).max(2);
-    let local_std = |r: usize| -> Vec<f32> {
-        let mean = luma.box_mean(r);
-        let sq = Plane {
-            data: luma.data.par_iter().map(|v| v * v).collect(),
-            ..luma.clone()
-        }
-        .box_mean(r);
-        mean.data
-            .par_iter()
-            .zip(&sq.data)
-            .map(|(&m, &s)| (s - m * m).max(0.0).sqrt())
-            .collect()
-    };
-    let raw: Vec<f32> = local_std(radius)
+    let raw: Vec<f32> = luma
+        .local_std(radius)
+        .data
         .par_iter()
         .map(|&std| {
             let texture = (std / STD_PER_UNIT).clamp(FLOOR, CEILING);
@@ -68,9 +57,11 @@ pub fn perceptual_mask(luma: &Plane, chip_px: f64) -> Mask {
         .collect();
     // SSIM looks at 8×8 windows: the cap uses the smaller of the std over 3×3 and 9×9,
     // so flat pixels next to an edge are not credited with the edge.
-    let cap: Vec<f32> = local_std(1)
+    let cap: Vec<f32> = luma
+        .local_std(1)
+        .data
         .par_iter()
-        .zip(local_std(4).par_iter())
+        .zip(luma.local_std(4).data.par_iter())
         .map(|(&a, &b)| {
             let std = a.min(b);
             SSIM_K * (2.0 * std * std + SSIM_C2).sqrt()

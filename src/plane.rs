@@ -65,40 +65,77 @@ impl Plane {
 
     /// Mean over a (2r+1)² box around each pixel, borders clamped (separable, O(N)).
     pub fn box_mean(&self, radius: usize) -> Plane {
-        let (w, h) = (self.width, self.height);
-        let horizontal = box_1d_rows(&self.data, w, h, radius);
-        // Vertical pass from running column sums (f64, so long columns stay
-        // exact), a block of rows per task: row y of the result needs rows
-        // y−r..=y+r, the ones past an edge replaced by the edge row. No
-        // transposes: rows stay in cache.
+        self.box_moments(radius, |v| [v], |[mean]| mean as f32)
+    }
+
+    /// Standard deviation over a (2r+1)² box around each pixel, borders clamped.
+    pub fn local_std(&self, radius: usize) -> Plane {
+        self.box_moments(
+            radius,
+            |v| [v, v * v],
+            |[mean, mean_sq]| (mean_sq - mean * mean).max(0.0).sqrt() as f32,
+        )
+    }
+
+    /// `combine` of the box means of `K` functions of each pixel, borders
+    /// clamped. Rows go in blocks: a block sums its rows (and `r` more on
+    /// each side) horizontally into a small buffer, then runs column sums
+    /// down it in f64. No plane-sized intermediate: a few large buffers
+    /// cost more in page faults than the arithmetic.
+    fn box_moments<const K: usize>(
+        &self,
+        radius: usize,
+        terms: impl Fn(f32) -> [f32; K] + Sync,
+        combine: impl Fn([f64; K]) -> f32 + Sync,
+    ) -> Plane {
         const BLOCK_ROWS: usize = 64;
+        let (w, h, r) = (self.width, self.height, radius);
+        let n = ((2 * r + 1) * (2 * r + 1)) as f64;
         let row = |y: isize| {
             let y = y.clamp(0, h as isize - 1) as usize;
-            &horizontal[y * w..(y + 1) * w]
+            &self.data[y * w..(y + 1) * w]
         };
-        let r = radius as isize;
-        let n = (2 * radius + 1) as f64;
         let mut data = vec![0.0f32; w * h];
+        let scratch = || (Vec::<[f32; K]>::new(), Vec::<[f64; K]>::new());
         data.par_chunks_mut(w * BLOCK_ROWS)
             .enumerate()
-            .for_each(|(block, out)| {
+            .for_each_init(scratch, |(rows, sum), (block, out)| {
                 let y0 = (block * BLOCK_ROWS) as isize;
-                let mut sum = vec![0.0f64; w];
-                for dy in -r..=r {
-                    for (s, &v) in sum.iter_mut().zip(row(y0 + dy)) {
-                        *s += f64::from(v);
+                let out_rows = out.len() / w;
+                // Horizontal box sums of rows y0 − r ..= y0 + out_rows − 1 + r.
+                rows.clear();
+                for k in 0..out_rows + 2 * r {
+                    let src = row(y0 + k as isize - r as isize);
+                    let at = |x: isize| terms(src[x.clamp(0, w as isize - 1) as usize]);
+                    let mut acc = [0.0f64; K];
+                    for x in -(r as isize)..=r as isize {
+                        add(&mut acc, at(x), 1.0);
+                    }
+                    for x in 0..w as isize {
+                        rows.push(acc.map(|v| v as f32));
+                        add(&mut acc, at(x + r as isize + 1), 1.0);
+                        add(&mut acc, at(x - r as isize), -1.0);
                     }
                 }
-                for (k, out) in out.chunks_mut(w).enumerate() {
-                    let y = y0 + k as isize;
-                    if k > 0 {
-                        let (enter, leave) = (row(y + r), row(y - r - 1));
+                // Column sums down the block.
+                sum.clear();
+                sum.resize(w, [0.0; K]);
+                for k in 0..=2 * r {
+                    for (s, &v) in sum.iter_mut().zip(&rows[k * w..(k + 1) * w]) {
+                        add(s, v, 1.0);
+                    }
+                }
+                for (i, out) in out.chunks_mut(w).enumerate() {
+                    if i > 0 {
+                        let enter = &rows[(i + 2 * r) * w..(i + 2 * r + 1) * w];
+                        let leave = &rows[(i - 1) * w..i * w];
                         for ((s, &a), &b) in sum.iter_mut().zip(enter).zip(leave) {
-                            *s += f64::from(a) - f64::from(b);
+                            add(s, a, 1.0);
+                            add(s, b, -1.0);
                         }
                     }
-                    for (o, &s) in out.iter_mut().zip(&sum) {
-                        *o = (s / n) as f32;
+                    for (o, s) in out.iter_mut().zip(sum.iter()) {
+                        *o = combine(s.map(|v| v / n));
                     }
                 }
             });
@@ -232,22 +269,12 @@ pub(crate) fn transpose<T: Copy + Default>(data: &[T], width: usize, height: usi
     out
 }
 
-fn box_1d_rows(data: &[f32], width: usize, height: usize, radius: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; width * height];
-    out.par_chunks_mut(width)
-        .zip(data.par_chunks(width))
-        .for_each(|(o, row)| {
-            let n = (2 * radius + 1) as f64;
-            let at = |i: isize| f64::from(row[i.clamp(0, width as isize - 1) as usize]);
-            let r = radius as isize;
-            let mut sum: f64 = (-r..=r).map(at).sum();
-            for (x, v) in o.iter_mut().enumerate() {
-                *v = (sum / n) as f32;
-                let xi = x as isize;
-                sum += at(xi + r + 1) - at(xi - r);
-            }
-        });
-    out
+/// `acc += sign · v`, term by term, in f64.
+#[inline]
+fn add<const K: usize>(acc: &mut [f64; K], v: [f32; K], sign: f64) {
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += sign * f64::from(v);
+    }
 }
 
 fn conv_rows(data: &[f32], width: usize, height: usize, kernel: &[f32]) -> Vec<f32> {
@@ -334,6 +361,33 @@ mod tests {
                 let direct = sum / ((2 * r + 1) * (2 * r + 1)) as f32;
                 let got = b.data[y as usize * w + x as usize];
                 assert!((got - direct).abs() < 1e-3, "({x}, {y}): {got} vs {direct}");
+            }
+        }
+    }
+
+    #[test]
+    fn local_std_matches_the_direct_one() {
+        let (w, h, r) = (9usize, 70usize, 2isize);
+        let p = Plane {
+            width: w,
+            height: h,
+            data: (0..w * h).map(|i| ((i * 53) % 97) as f32 * 2.5).collect(),
+        };
+        let s = p.local_std(r as usize);
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                let box_: Vec<f64> = (-r..=r)
+                    .flat_map(|dy| (-r..=r).map(move |dx| (dx, dy)))
+                    .map(|(dx, dy)| f64::from(p.at_clamped(x + dx, y + dy)))
+                    .collect();
+                let mean = box_.iter().sum::<f64>() / box_.len() as f64;
+                let var = box_.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / box_.len() as f64;
+                let got = f64::from(s.data[y as usize * w + x as usize]);
+                assert!(
+                    (got - var.sqrt()).abs() < 1e-2,
+                    "({x}, {y}): {got} vs {}",
+                    var.sqrt()
+                );
             }
         }
     }

@@ -103,26 +103,30 @@ impl SmoothTile {
             .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
             .collect();
         let norm: f32 = kernel.iter().sum();
-        let blur = |src: &[f32], horizontal: bool| -> Vec<f32> {
-            let mut out = vec![0.0f32; side * side];
-            for y in 0..side {
-                for x in 0..side {
-                    let mut acc = 0.0;
-                    for (j, k) in kernel.iter().enumerate() {
-                        let o = j as isize - radius;
-                        let (sx, sy) = if horizontal {
-                            ((x as isize + o).rem_euclid(side as isize) as usize, y)
-                        } else {
-                            (x, (y as isize + o).rem_euclid(side as isize) as usize)
-                        };
-                        acc += k * src[sy * side + sx];
-                    }
-                    out[y * side + x] = acc / norm;
+        let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
+        // Circular blur along rows (each row extended by its wrap-around),
+        // then down columns as whole-row multiply-adds.
+        let r = radius as usize;
+        let mut rows = vec![0.0f32; side * side];
+        let mut extended = vec![0.0f32; side + 2 * r];
+        for (out, src) in rows.chunks_mut(side).zip(table.chunks(side)) {
+            for (i, e) in extended.iter_mut().enumerate() {
+                *e = src[(i + side - r) % side];
+            }
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = kernel.iter().zip(&extended[x..]).map(|(k, v)| k * v).sum();
+            }
+        }
+        let mut blurred = vec![0.0f32; side * side];
+        for (y, out) in blurred.chunks_mut(side).enumerate() {
+            for (j, &k) in kernel.iter().enumerate() {
+                let sy = (y + side + j - r) % side;
+                for (o, &v) in out.iter_mut().zip(&rows[sy * side..(sy + 1) * side]) {
+                    *o += k * v;
                 }
             }
-            out
-        };
-        let table = blur(&blur(&table, true), false);
+        }
+        let table = blurred;
         let rms = (table.iter().map(|v| v * v).sum::<f32>() / table.len() as f32)
             .sqrt()
             .max(1e-6);
@@ -339,6 +343,43 @@ mod tests {
         for raw in [-10.0f32, -1.0, 0.0, 0.7, 5.0] {
             let d = shape(raw, -255.0, 0.0);
             assert!((-2.0 * WHITE_CAP..=0.0).contains(&d), "{raw} -> {d}");
+        }
+    }
+
+    #[test]
+    fn rendered_tile_is_the_circular_gaussian_blur_of_the_chips() {
+        let chips: Vec<f32> = (0..TILE * TILE)
+            .map(|i| if (i * 7919) % 5 < 2 { 1.0 } else { -1.0 })
+            .collect();
+        let tile = SmoothTile::render(&chips);
+        let side = tile.side as isize;
+        let sigma = CHIP_BLUR * OVERSAMPLE as f64;
+        let radius = (3.0 * sigma).ceil() as isize;
+        let g = |d: isize| (-((d * d) as f64) / (2.0 * sigma * sigma)).exp();
+        let norm: f64 = (-radius..=radius).map(g).sum();
+        let chip = |x: isize, y: isize| {
+            let (x, y) = (x.rem_euclid(side) as usize, y.rem_euclid(side) as usize);
+            f64::from(chips[(y / OVERSAMPLE) * TILE + x / OVERSAMPLE])
+        };
+        let direct = |x: isize, y: isize| -> f64 {
+            let mut acc = 0.0;
+            for dy in -radius..=radius {
+                for dx in -radius..=radius {
+                    acc += g(dx) * g(dy) * chip(x + dx, y + dy);
+                }
+            }
+            acc / (norm * norm)
+        };
+        // Equal up to the unit-RMS scale: compare ratios at a few places, edges included.
+        let points = [(0, 0), (5, 511), (511, 3), (200, 317), (77, 0)];
+        let scale = direct(200, 317) / f64::from(tile.table[317 * tile.side + 200]);
+        for (x, y) in points {
+            let got = f64::from(tile.table[y as usize * tile.side + x as usize]) * scale;
+            assert!(
+                (got - direct(x, y)).abs() < 1e-4,
+                "({x}, {y}): {got} vs {}",
+                direct(x, y)
+            );
         }
     }
 

@@ -418,12 +418,12 @@ fn local_start(
             }
         })
         .collect();
-    let spectrum = [bank.only(anchor.variant)];
+    let template = [bank.only(anchor.variant)];
     let matches: Vec<Match> = windows
         .iter()
         .zip(&folds)
         .filter_map(|(&(cx, cy, _), f)| {
-            let la = align(f.as_ref()?, &spectrum, Some(anchor.dihedral))?;
+            let la = align(f.as_ref()?, &template, Some(anchor.dihedral))?;
             if la.sync_z < WINDOW_MIN_SYNC_Z {
                 return None;
             }
@@ -511,7 +511,7 @@ fn refine(prepared: &Prepared, reading: &Reading, bank: &SyncBank, tile_px: f64)
     let ny = ((h / tile_px).round() as usize).clamp(2, 6);
     let (win_w, win_h) = (w / nx as f64 * 1.6, h / ny as f64 * 1.6);
     let al = reading.alignment;
-    let spectrum = [bank.only(al.variant)];
+    let template = [bank.only(al.variant)];
     let windows: Vec<(f64, f64)> = (0..ny)
         .flat_map(|j| {
             (0..nx).map(move |i| {
@@ -530,7 +530,7 @@ fn refine(prepared: &Prepared, reading: &Reading, bank: &SyncBank, tile_px: f64)
             let x1 = ((cx + win_w / 2.0) as usize).min(r.width);
             let y1 = ((cy + win_h / 2.0) as usize).min(r.height);
             let local = fold_rect(r, &reading.frame, (x0, y0, x1, y1));
-            let la = align(&local, &spectrum, Some(al.dihedral))?;
+            let la = align(&local, &template, Some(al.dihedral))?;
             if la.sync_z < WINDOW_MIN_SYNC_Z {
                 return None;
             }

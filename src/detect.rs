@@ -751,13 +751,16 @@ impl SyncPair {
     /// From one or two `(variant, conjugated template spectrum)` parts.
     fn new(parts: &[(u32, &[Complex32])]) -> Self {
         let a = parts[0].1;
-        let zero = vec![Complex32::new(0.0, 0.0); a.len()];
-        let b = parts.get(1).map_or(zero.as_slice(), |p| p.1);
+        let power = |t: &[Complex32]| t.iter().map(|c| c.norm_sqr()).collect();
         let i = Complex32::new(0.0, 1.0);
+        let (combined, power_b) = match parts.get(1) {
+            Some(&(_, b)) => (a.iter().zip(b).map(|(a, b)| a + i * b).collect(), power(b)),
+            None => (a.to_vec(), vec![0.0; a.len()]),
+        };
         SyncPair {
             variants: parts.iter().map(|p| p.0).collect(),
-            combined: a.iter().zip(b).map(|(a, b)| a + i * b).collect(),
-            power: [a, b].map(|t| t.iter().map(|c| c.norm_sqr()).collect()),
+            combined,
+            power: [power(a), power_b],
         }
     }
 }

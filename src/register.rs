@@ -136,8 +136,8 @@ const SCALE_MAX: f64 = 2.5;
 /// Ratio between neighbouring scales of the grid: 8 % keeps the edge of a
 /// 128-px thumbnail within ~5 px, inside the phase-correlation peak.
 const SCALE_STEP: f64 = 1.1;
-/// Rotation candidates kept from the gradient-direction histograms
-/// (each also turned by 180°, which the histograms cannot tell apart).
+/// Rotation peaks kept from the gradient-direction histograms, distinct
+/// modulo a quarter turn (each is searched at its four quarter turns).
 const ROTATION_PEAKS: usize = 2;
 /// Coarse candidates refined densely.
 const REFINE_CANDIDATES: usize = 4;
@@ -358,8 +358,8 @@ fn direction_histogram(p: &Plane) -> Vec<f64> {
 }
 
 /// Rotation candidates `(radians, mirrored)`: peaks of the circular
-/// correlation of the gradient-direction histograms, each also + 180°;
-/// "no rotation, not mirrored" always first.
+/// correlation of the gradient-direction histograms, each with its four
+/// quarter turns; "no rotation, not mirrored" always first.
 fn rotation_candidates(leak: &Plane, original: &Plane) -> Vec<(f64, bool)> {
     let hl = direction_histogram(leak);
     let ho = direction_histogram(original);
@@ -380,10 +380,28 @@ fn rotation_candidates(leak: &Plane, original: &Plane) -> Vec<(f64, bool)> {
         }
     }
     peaks.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Drawings and screens are full of right angles, so a turn θ and
+    // θ + 90° give nearly the same histogram peak: each peak stands for its
+    // four quarter turns, and a peak a quarter turn from a kept one is the same.
+    let quarter = n / 2;
+    let mut kept: Vec<(usize, bool)> = Vec::new();
+    for &(_, k, mirrored) in &peaks {
+        if kept.len() == ROTATION_PEAKS {
+            break;
+        }
+        let same = |&(j, m): &(usize, bool)| {
+            let d = (k + n - j) % quarter;
+            m == mirrored && d.min(quarter - d) <= 1
+        };
+        if !kept.iter().any(same) {
+            kept.push((k, mirrored));
+        }
+    }
     let mut out = vec![(0.0, false)];
-    for &(_, k, mirrored) in peaks.iter().take(ROTATION_PEAKS) {
+    for (k, mirrored) in kept {
         let base = k as f64 * std::f64::consts::PI / n as f64;
-        for theta in [base, base + std::f64::consts::PI] {
+        for turn in 0..4 {
+            let theta = base + f64::from(turn) * std::f64::consts::FRAC_PI_2;
             let dup = out.iter().any(|&(t, m)| {
                 m == mirrored && {
                     let d = (t - theta).rem_euclid(std::f64::consts::TAU);

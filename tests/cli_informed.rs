@@ -109,6 +109,25 @@ fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
         "{line}"
     );
 
+    // --report: report.md with every leak (an unreadable one too) and a
+    // picture of where the leak sits, its outline drawn in red.
+    std::fs::write(dir.join("bad.png"), b"not an image").unwrap();
+    let out = command(dir, &["trace", "--report", "rep", "leak.png", "bad.png"]);
+    assert_eq!(out.status.code(), Some(2), "an unreadable leak is an error");
+    let md = std::fs::read_to_string(dir.join("rep/report.md")).unwrap();
+    assert!(
+        md.contains("Beta Optics") && md.contains("covers x"),
+        "{md}"
+    );
+    assert!(md.contains("![where the leak sits](leak.png)"), "{md}");
+    assert!(
+        md.contains("`bad.png`") && md.contains("could not be traced"),
+        "{md}"
+    );
+    let picture = image::open(dir.join("rep/leak.png")).unwrap().to_rgb8();
+    let red = picture.pixels().filter(|p| p.0 == [220, 30, 30]).count();
+    assert!(red > 500, "{red} outline pixels");
+
     // The archived original changes: it is not used, and the trace says why.
     let mut changed = image::open(&draft).unwrap().to_rgb8();
     changed.put_pixel(0, 0, image::Rgb([1, 2, 3]));

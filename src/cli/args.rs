@@ -108,6 +108,11 @@ pub enum Command {
         /// it, each document's original is read from where `issue` recorded it.
         #[arg(long, value_name = "DIR")]
         originals: Option<PathBuf>,
+        /// Also write DIR/report.md (every leak's finding and SHA-256) and,
+        /// for each leak registered on an original, DIR/<leak>.png: the
+        /// original with the leak's outline (red) and covered box (blue).
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
         /// Leaked images, or folders searched for images.
         #[arg(required = true, value_name = "LEAK")]
         inputs: Vec<PathBuf>,

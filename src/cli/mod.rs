@@ -74,8 +74,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Trace {
             json,
             originals,
+            report,
             inputs,
-        } => commands::trace::run(&ctx, &inputs, json, originals.as_deref()),
+        } => commands::trace::run(&ctx, &inputs, json, originals.as_deref(), report.as_deref()),
         Command::Audit(args) => commands::audit::run(&ctx, &args),
         Command::Demo { dir } => commands::demo::run(&ctx, dir.as_deref()),
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use leakmark::detect::Geometry;
 use rayon::prelude::*;
@@ -261,4 +261,26 @@ impl JsonObject {
     pub fn into_fields(self) -> Vec<(String, serde_json::Value)> {
         self.fields
     }
+}
+
+/// Writes `bytes` to a temporary file in `path`'s folder, then renames it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let err = || format!("cannot write {}", path.display());
+    let mut temp = tempfile::Builder::new()
+        .prefix(".leakmark-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .with_context(err)?;
+    temp.write_all(bytes).with_context(err)?;
+    // tempfile creates 0600; a report is not secret, so use the usual 0644.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        temp.as_file().set_permissions(mode).with_context(err)?;
+    }
+    temp.as_file().sync_all().with_context(err)?;
+    temp.persist(path).map_err(|e| e.error).with_context(err)?;
+    Ok(())
 }

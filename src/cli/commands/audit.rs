@@ -8,7 +8,6 @@
 //! near-white paper. Knows nothing of the ledger.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
@@ -306,7 +305,7 @@ fn write_report(
          clipped at 255 (black: untouched; white: 6 levels or more)\n\n\
          ![mark strength](mark_strength.png)"
     );
-    write_atomic(&dir.join("report.md"), md.as_bytes())
+    output::write_atomic(&dir.join("report.md"), md.as_bytes())
 }
 
 /// |marked − original| luma, amplified by [`STRENGTH_GAIN`], as grey.
@@ -323,28 +322,6 @@ fn strength_picture(original: &DynamicImage, marked: &DynamicImage) -> GrayImage
         };
         Luma([(diff * STRENGTH_GAIN).round().clamp(0.0, 255.0) as u8])
     })
-}
-
-/// Writes `bytes` to a temporary file in `path`'s folder, then renames it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let err = || format!("cannot write {}", path.display());
-    let mut temp = tempfile::Builder::new()
-        .prefix(".leakmark-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .with_context(err)?;
-    temp.write_all(bytes).with_context(err)?;
-    // tempfile creates 0600; a report is not secret, so use the usual 0644.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::Permissions::from_mode(0o644);
-        temp.as_file().set_permissions(mode).with_context(err)?;
-    }
-    temp.as_file().sync_all().with_context(err)?;
-    temp.persist(path).map_err(|e| e.error).with_context(err)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod demo;
 pub mod detect;
 pub mod embed;
+pub mod evidence;
 pub mod issue;
 pub mod keygen;
 pub mod ledger;

@@ -28,6 +28,7 @@ use leakmark::{stats, SecretKey};
 use serde_json::Value;
 
 use super::detect::{detection_json, path_value, to_value, Tally};
+use super::evidence::EvidenceDir;
 use crate::cli::output::{self, JsonObject, PROGRESS_MIN_FILES};
 use crate::cli::{key_and_ledger, Context, Status};
 
@@ -37,8 +38,10 @@ pub fn run(
     inputs: &[PathBuf],
     json: bool,
     originals_dir: Option<&Path>,
+    report_dir: Option<&Path>,
 ) -> anyhow::Result<Status> {
     let (key, mut ledger) = key_and_ledger(ctx)?;
+    let mut evidence = report_dir.map(EvidenceDir::create).transpose()?;
     let files = output::expand_inputs(inputs)?;
     let known = ledger.issued_copies(true)?;
     let options = detect_options(&known);
@@ -62,6 +65,12 @@ pub fn run(
                 let obj = report.json(path);
                 let recorded = std::path::absolute(path).unwrap_or_else(|_| path.clone());
                 ledger.record_trace(&recorded, &leak.sha256, &obj.to_string())?;
+                if let Some(note) = evidence
+                    .as_mut()
+                    .and_then(|e| e.add(path, &leak.sha256, &report, &limits))
+                {
+                    output::note_line(&bar, &format!("{}: {note}", path.display()));
+                }
                 Ok((report, obj))
             });
             match outcome {
@@ -74,11 +83,20 @@ pub fn run(
                     };
                     output::out_line(&bar, &line)
                 }
-                Err(err) => tally.report_error(&bar, path, &err, json),
+                Err(err) => {
+                    if let Some(evidence) = &mut evidence {
+                        evidence.add_error(path, &err);
+                    }
+                    tally.report_error(&bar, path, &err, json)
+                }
             }
         },
     )?;
     bar.finish_and_clear();
+    if let Some(evidence) = evidence {
+        let written = evidence.finish()?;
+        eprintln!("report written to {}", written.display());
+    }
     Ok(tally.status())
 }
 
@@ -145,6 +163,8 @@ pub struct InformedNote {
     pub original_path: PathBuf,
     /// The original's size, pixels.
     pub original_size: [u32; 2],
+    /// The leak's size, pixels.
+    pub leak_size: [u32; 2],
     /// Where the leak sits on it.
     pub registration: Registration,
 }
@@ -309,6 +329,7 @@ fn trace_luma(
             document: o.document.name.clone(),
             original_path: o.path.clone(),
             original_size: [o.document.width, o.document.height],
+            leak_size: [luma.width as u32, luma.height as u32],
             registration,
         })
     });

@@ -15,6 +15,7 @@
 //! reported probability.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use leakmark::detect::{self, DetectOptions, Detection, KnownCopy, MIN_LEAK_PX};
@@ -25,6 +26,7 @@ use leakmark::ledger::{self, Document, IssuedCopy, Ledger, Supplier};
 use leakmark::plane::Plane;
 use leakmark::register::{Descriptor, Registration};
 use leakmark::{stats, SecretKey};
+use rayon::prelude::*;
 use serde_json::Value;
 
 use super::detect::{detection_json, path_value, to_value, Tally};
@@ -145,10 +147,30 @@ struct Leak {
 pub struct Original {
     document: Document,
     path: PathBuf,
-    luma: Plane,
+    /// Its luma, when the originals fit in [`ORIGINALS_KEPT_BYTES`];
+    /// otherwise read again for each leak it is tried on.
+    luma: Option<Arc<Plane>>,
     descriptor: Descriptor,
     copies: Vec<KnownCopy>,
 }
+
+impl Original {
+    /// Its luma: the kept one, or read from its file again.
+    fn luma(&self, limits: &LoadLimits) -> Option<Arc<Plane>> {
+        match &self.luma {
+            Some(luma) => Some(Arc::clone(luma)),
+            None => {
+                let loaded = imageio::load(&self.path, limits).ok()?;
+                Some(Arc::new(Plane::luma(&loaded.image)))
+            }
+        }
+    }
+}
+
+/// Luma kept in memory across leaks, bytes (f32 per pixel: 1 GiB holds
+/// about 22 originals of 12 MP). A larger ledger of originals is read
+/// from disk per leak, for the few originals tried on it.
+const ORIGINALS_KEPT_BYTES: usize = 1 << 30;
 
 /// Originals registered per leak when the ledger holds more: the ones
 /// whose global descriptor is closest to the leak's.
@@ -193,7 +215,7 @@ pub fn load_originals(
         }
     }
     let mut notes = Vec::new();
-    let mut out = Vec::new();
+    let mut found: Vec<(Document, PathBuf)> = Vec::new();
     for doc in documents {
         let path = if let Some((_, p)) = by_hash.iter().find(|(h, _)| *h == doc.sha256) {
             p.clone()
@@ -225,25 +247,39 @@ pub fn load_originals(
         } else {
             continue;
         };
-        let loaded = imageio::load(&path, limits)
-            .with_context(|| format!("cannot load the original of {}", doc.name))?;
-        let luma = Plane::luma(&loaded.image);
-        let copies = known
-            .iter()
-            .filter(|c| c.document_id == doc.id)
-            .map(|c| KnownCopy {
-                variant: u32::from(c.variant),
-                serial: c.serial,
-            })
-            .collect();
-        out.push(Original {
-            descriptor: Descriptor::of(&luma),
-            luma,
-            path,
-            copies,
-            document: doc,
-        });
+        found.push((doc, path));
     }
+    // Decoded in parallel, once each, for the descriptors.
+    let loaded: Vec<(Plane, Descriptor)> = found
+        .par_iter()
+        .map(|(doc, path)| {
+            let loaded = imageio::load(path, limits)
+                .with_context(|| format!("cannot load the original of {}", doc.name))?;
+            let luma = Plane::luma(&loaded.image);
+            let descriptor = Descriptor::of(&luma);
+            Ok((luma, descriptor))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let total: usize = loaded.iter().map(|(l, _)| l.data.len() * 4).sum();
+    let keep = total <= ORIGINALS_KEPT_BYTES;
+    let out = found
+        .into_iter()
+        .zip(loaded)
+        .map(|((doc, path), (luma, descriptor))| Original {
+            copies: known
+                .iter()
+                .filter(|c| c.document_id == doc.id)
+                .map(|c| KnownCopy {
+                    variant: u32::from(c.variant),
+                    serial: c.serial,
+                })
+                .collect(),
+            luma: keep.then(|| Arc::new(luma)),
+            descriptor,
+            path,
+            document: doc,
+        })
+        .collect();
     Ok((out, notes))
 }
 
@@ -257,7 +293,7 @@ fn trace_file(
     let loaded = imageio::load(path, limits)?;
     let sha256 = ledger::sha256_file(path)?;
     let luma = Plane::luma(&loaded.image);
-    let (detection, informed) = trace_luma(key, &luma, options, originals);
+    let (detection, informed) = trace_luma(key, &luma, options, originals, limits);
     Ok(Leak {
         sha256,
         detection,
@@ -274,6 +310,7 @@ fn trace_luma(
     luma: &Plane,
     options: &DetectOptions,
     originals: &[Original],
+    limits: &LoadLimits,
 ) -> (Detection, Option<InformedNote>) {
     let mut picked: Vec<&Original> = originals.iter().collect();
     if picked.len() > ORIGINALS_PER_LEAK {
@@ -299,11 +336,15 @@ fn trace_luma(
     let total = blind.saturating_add(informed_total);
     let mut best: Option<(informed::InformedDetection, &Original)> = None;
     for original in &picked {
+        // Gone since the trace started: its readings stay charged.
+        let Some(original_luma) = original.luma(limits) else {
+            continue;
+        };
         let own = informed::informed_hypotheses(original.copies.len());
         let found = informed::detect_informed_luma(
             key,
             luma,
-            &original.luma,
+            &original_luma,
             u32::from(original.document.variant),
             &InformedOptions {
                 variant: Some(u32::from(original.document.variant)),
@@ -513,5 +554,47 @@ impl Report {
             obj.push_new(&name, value);
         }
         obj
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leakmark::ledger::DocumentId;
+
+    #[test]
+    fn an_original_not_kept_in_memory_is_read_again_when_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        let image = image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+        });
+        image.save(&path).unwrap();
+        let expected = Plane::luma(&image::DynamicImage::ImageRgb8(image));
+        let original = |luma| Original {
+            document: Document {
+                id: DocumentId(1),
+                name: "o.png".into(),
+                sha256: String::new(),
+                original_path: None,
+                width: 64,
+                height: 48,
+                variant: 0,
+                created_at: 0,
+            },
+            path: path.clone(),
+            luma,
+            descriptor: Descriptor::of(&expected),
+            copies: Vec::new(),
+        };
+        let limits = LoadLimits::default();
+        let kept = original(Some(Arc::new(expected.clone())));
+        let read = original(None);
+        assert_eq!(kept.luma(&limits).unwrap().data, expected.data);
+        assert_eq!(read.luma(&limits).unwrap().data, expected.data);
+        // Gone since the trace started: nothing to register on.
+        std::fs::remove_file(&path).unwrap();
+        assert!(read.luma(&limits).is_none());
+        assert!(kept.luma(&limits).is_some());
     }
 }

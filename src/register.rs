@@ -172,6 +172,17 @@ pub fn register(leak: &Plane, original: &Plane) -> Option<Registration> {
     let mut coarse = Vec::new();
     let all = coarse_candidates(&l_pyr, &o_pyr, COARSE_PX, |_| true);
     pick_distinct(&all, &mut coarse, REFINE_CANDIDATES, o_pyr.full, l_pyr.full);
+    // Most leaks are not turned (a photo is held roughly level): the best
+    // upright candidate is always refined, however many turned ones on a
+    // sparse drawing's right angles outscore it.
+    let upright: Vec<(f64, Homography)> = all
+        .iter()
+        .find(|(_, h)| is_upright(h))
+        .into_iter()
+        .cloned()
+        .collect();
+    let limit = coarse.len() + 1;
+    pick_distinct(&upright, &mut coarse, limit, o_pyr.full, l_pyr.full);
     // A leak showing a small part of the original is only a few dozen
     // pixels of the coarse thumbnail: search those scales again at twice
     // the resolution, and refine its best too.
@@ -182,13 +193,8 @@ pub fn register(leak: &Plane, original: &Plane) -> Option<Registration> {
     let small = coarse_candidates(&l_pyr, &o_pyr, 2 * COARSE_PX, |s| {
         l_long / s < SMALL_PART * o_long
     });
-    pick_distinct(
-        &small,
-        &mut coarse,
-        REFINE_CANDIDATES + SMALL_PART_CANDIDATES,
-        o_pyr.full,
-        l_pyr.full,
-    );
+    let limit = coarse.len() + SMALL_PART_CANDIDATES;
+    pick_distinct(&small, &mut coarse, limit, o_pyr.full, l_pyr.full);
     let candidates = coarse.len();
     // Every candidate on the coarse levels, the best one on the fine levels.
     let refined: Vec<(Homography, f64)> = coarse
@@ -546,6 +552,12 @@ fn coarse_candidates(
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored
+}
+
+/// Whether a coarse candidate is unturned and unmirrored (its linear part
+/// is `s·I`; the rotation grid holds an exact zero).
+fn is_upright(h: &Homography) -> bool {
+    h.0[1] == 0.0 && h.0[3] == 0.0 && h.0[0] > 0.0 && h.0[4] > 0.0
 }
 
 /// Adds the best of `scored` to `out` until it holds `limit`, skipping

@@ -76,7 +76,7 @@ fn informed_detection_reads_a_tenth_of_the_drawing_after_jpeg_20() {
 }
 
 #[test]
-fn informed_detection_registers_a_tilted_half_of_a_sparse_drawing() {
+fn informed_detection_registers_a_sparse_drawing_tilted_or_in_perspective() {
     // Regression: the demo's leak of the floor plan (half cropped, tilted 5°,
     // JPEG 60) did not register: its right angles made 94° outrank 4° in the
     // direction histograms, and 4° was never searched.
@@ -101,6 +101,12 @@ fn informed_detection_registers_a_tilted_half_of_a_sparse_drawing() {
     let h = found.registration.expect("registered").homography.0;
     let turn = h[3].atan2(h[0]).to_degrees();
     assert!((turn.abs() - 5.0).abs() < 1.0, "turn {turn}°");
+
+    // And an unturned one under strong perspective, where quarter-turned
+    // candidates at small scales outscored every upright one.
+    let leak = attack::apply(&Attack::Perspective { jitter: 0.2 }, &marked, 2);
+    let found = informed(&k, &leak, &original);
+    assert_eq!(found.detection.serial, Some(77), "{found:?}");
 }
 
 // ---------------------------------------------------------------------------

@@ -161,10 +161,22 @@ pub fn run(ctx: &Context, dir: Option<&Path>) -> anyhow::Result<Status> {
         output::format_p(d.false_alarm_probability),
         d.hypotheses
     );
-    println!(
-        "   mode:                 {} (all {} issued copies tested as hypotheses, plus blind decoding)",
-        d.mode, report.copies_tested
-    );
+    let how = match (d.mode, &report.informed) {
+        ("informed", Some(n)) => format!(
+            "registered on the archived original of {}, which was subtracted; each issued \
+             copy of it tested as a hypothesis",
+            n.document
+        ),
+        _ => format!(
+            "all {} issued copies tested as hypotheses, plus blind decoding",
+            report.copies_tested
+        ),
+    };
+    println!("   mode:                 {} ({how})", d.mode);
+    if let Some(covered) = report.covered_text() {
+        let part = covered.trim_start_matches("covers ");
+        println!("   part leaked:          {part}");
+    }
     if let Some(g) = &d.geometry {
         println!(
             "   geometry:             {}",

@@ -83,18 +83,10 @@ fn informed_detection_registers_a_sparse_drawing_tilted_or_in_perspective() {
     let k = key(23);
     let original = sample("floor_plan_v2.png");
     let marked = mark(&k, &original, 77);
-    let chain = Attack::Chain(vec![
-        Attack::Crop {
-            keep_area: 0.5,
-            cx: 0.45,
-            cy: 0.55,
-        },
-        Attack::Rotate {
-            degrees: 5.0,
-            fill: attack::Fill::White,
-        },
-        Attack::Jpeg { quality: 60 },
-    ]);
+    let (_, chain) = attack::standard_suite()
+        .into_iter()
+        .find(|(name, _)| *name == "crop50+rotate5+jpeg60")
+        .expect("the suite has the demo's channel");
     let leak = attack::apply(&chain, &marked, 3);
     let found = informed(&k, &leak, &original);
     assert_eq!(found.detection.serial, Some(77), "{found:?}");

@@ -170,7 +170,7 @@ impl Original {
 /// Luma kept in memory across leaks, bytes (f32 per pixel: 1 GiB holds
 /// about 22 originals of 12 MP). A larger ledger of originals is read
 /// from disk per leak, for the few originals tried on it.
-const ORIGINALS_KEPT_BYTES: usize = 1 << 30;
+const ORIGINALS_KEPT_BYTES: u64 = 1 << 30;
 
 /// Originals registered per leak when the ledger holds more: the ones
 /// whose global descriptor is closest to the leak's.
@@ -249,19 +249,24 @@ pub fn load_originals(
         };
         found.push((doc, path));
     }
-    // Decoded in parallel, once each, for the descriptors.
-    let loaded: Vec<(Plane, Descriptor)> = found
+    // Kept in memory only if all fit (sizes from the ledger, so the
+    // decision comes before decoding); decoded in parallel, once each, for
+    // the descriptors, so a large archive never sits in memory at once.
+    let total: u64 = found
+        .iter()
+        .map(|(d, _)| u64::from(d.width) * u64::from(d.height) * 4)
+        .sum();
+    let keep = total <= ORIGINALS_KEPT_BYTES;
+    let loaded: Vec<(Option<Arc<Plane>>, Descriptor)> = found
         .par_iter()
         .map(|(doc, path)| {
             let loaded = imageio::load(path, limits)
                 .with_context(|| format!("cannot load the original of {}", doc.name))?;
             let luma = Plane::luma(&loaded.image);
             let descriptor = Descriptor::of(&luma);
-            Ok((luma, descriptor))
+            Ok((keep.then(|| Arc::new(luma)), descriptor))
         })
         .collect::<anyhow::Result<_>>()?;
-    let total: usize = loaded.iter().map(|(l, _)| l.data.len() * 4).sum();
-    let keep = total <= ORIGINALS_KEPT_BYTES;
     let out = found
         .into_iter()
         .zip(loaded)
@@ -274,7 +279,7 @@ pub fn load_originals(
                     serial: c.serial,
                 })
                 .collect(),
-            luma: keep.then(|| Arc::new(luma)),
+            luma,
             descriptor,
             path,
             document: doc,

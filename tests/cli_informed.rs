@@ -119,12 +119,17 @@ fn trace_uses_the_archived_original_and_refuses_a_changed_one() {
         md.contains("Beta Optics") && md.contains("covers x"),
         "{md}"
     );
-    assert!(md.contains("![where the leak sits](leak.png)"), "{md}");
+    assert!(
+        md.contains("![where the leak sits](leak.where.png)"),
+        "{md}"
+    );
     assert!(
         md.contains("`bad.png`") && md.contains("could not be traced"),
         "{md}"
     );
-    let picture = image::open(dir.join("rep/leak.png")).unwrap().to_rgb8();
+    let picture = image::open(dir.join("rep/leak.where.png"))
+        .unwrap()
+        .to_rgb8();
     let red = picture.pixels().filter(|p| p.0 == [220, 30, 30]).count();
     assert!(red > 500, "{red} outline pixels");
 

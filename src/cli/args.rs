@@ -109,7 +109,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         originals: Option<PathBuf>,
         /// Also write DIR/report.md (every leak's finding and SHA-256) and,
-        /// for each leak registered on an original, DIR/<leak>.png: the
+        /// for each leak registered on an original, DIR/<leak>.where.png: the
         /// original with the leak's outline (red) and covered box (blue).
         #[arg(long, value_name = "DIR")]
         report: Option<PathBuf>,

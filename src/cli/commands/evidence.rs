@@ -100,10 +100,11 @@ impl EvidenceDir {
             .with_context(|| format!("cannot load the original {}", note.original_path.display()))?
             .image;
         let name = self.picture_name(leak);
+        // The leak given as the input: refused rather than overwritten.
         imageio::save(
             &DynamicImage::ImageRgb8(placement_picture(&original, note)),
             &self.dir.join(&name),
-            None,
+            Some(leak),
             None,
         )?;
         Ok(name)
@@ -123,7 +124,8 @@ impl EvidenceDir {
         Ok(path)
     }
 
-    /// `<leak file stem>.png`, or `<stem>-2.png`, ... when taken.
+    /// `<leak file stem>.where.png`, or `<stem>-2.where.png`, ... when
+    /// taken: never the leak's own name, should the report folder hold it.
     fn picture_name(&mut self, leak: &Path) -> String {
         let stem = leak
             .file_stem()
@@ -138,10 +140,10 @@ impl EvidenceDir {
                 }
             })
             .collect();
-        let mut name = format!("{stem}.png");
+        let mut name = format!("{stem}.where.png");
         let mut n = 2;
         while !self.names.insert(name.clone()) {
-            name = format!("{stem}-{n}.png");
+            name = format!("{stem}-{n}.where.png");
             n += 1;
         }
         name
@@ -288,9 +290,12 @@ mod tests {
     fn picture_names_stay_distinct() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = EvidenceDir::create(dir.path()).unwrap();
-        assert_eq!(e.picture_name(Path::new("a/leak.jpg")), "leak.png");
-        assert_eq!(e.picture_name(Path::new("b/leak.png")), "leak-2.png");
-        assert_eq!(e.picture_name(Path::new("c/leak")), "leak-3.png");
-        assert_eq!(e.picture_name(Path::new("d/my leak?.jpg")), "my_leak_.png");
+        assert_eq!(e.picture_name(Path::new("a/leak.jpg")), "leak.where.png");
+        assert_eq!(e.picture_name(Path::new("b/leak.png")), "leak-2.where.png");
+        assert_eq!(e.picture_name(Path::new("c/leak")), "leak-3.where.png");
+        assert_eq!(
+            e.picture_name(Path::new("d/my leak?.jpg")),
+            "my_leak_.where.png"
+        );
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{devset, key, mark};
+use common::{devset, key, mark, sample};
 use image::{DynamicImage, Rgb, RgbImage};
 use leakmark::attack::{self, Attack};
 use leakmark::detect::{self, DetectOptions};
@@ -15,15 +15,6 @@ use leakmark::informed::{detect_informed, informed_hypotheses, InformedOptions};
 use leakmark::plane::Plane;
 use leakmark::register::Registration;
 use leakmark::stats::{false_alarm, REPORT_THRESHOLD};
-
-fn sample(name: &str) -> RgbImage {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("samples/drafts")
-        .join(name);
-    image::open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8()
-}
 
 fn informed(
     key: &leakmark::SecretKey,

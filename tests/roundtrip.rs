@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{detect, drawing, key, mark, photo};
+use common::{detect, drawing, key, mark, photo, sample};
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use leakmark::attack::{self, Attack, Fill};
 use leakmark::detect::DetectOptions;
@@ -265,6 +265,25 @@ fn serial_survives_common_leak_channels() {
     let known_weak = lost_after(&drawing(W, H, 9), &jpeg[..1], 8);
     if !known_weak.is_empty() {
         println!("KNOWN WEAK (not asserted): drawing loses the serial after {known_weak:?}");
+    }
+}
+
+#[test]
+fn a_phone_style_leak_in_perspective_is_read_from_the_windows_that_hold_the_mark() {
+    // Regression (fails at 6536465): under perspective 8 % + blur + JPEG 70
+    // the render's global lattice is smeared; the perspective search then
+    // anchored on the central window alone and let windows at noise level
+    // into its homography fit, and read nothing.
+    let k = key(24);
+    let marked = mark(&k, &sample("car_render_v3.png"), 78);
+    let (_, chain) = attack::standard_suite()
+        .into_iter()
+        .find(|(name, _)| *name == "perspective0.08+blur1+jpeg70")
+        .expect("the suite has the channel");
+    for seed in [2, 3] {
+        let d = detect(&k, &attack::apply(&chain, &marked, seed));
+        assert_eq!(d.serial, Some(78), "seed {seed}: {d:?}");
+        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
     }
 }
 

@@ -218,6 +218,16 @@ pub fn photo(width: u32, height: u32, seed: u64) -> RgbImage {
     img
 }
 
+/// A draft of `samples/drafts`, as RGB.
+pub fn sample(name: &str) -> RgbImage {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples/drafts")
+        .join(name);
+    image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
+}
+
 /// The shared development images, when `../shared/devset` exists beside the
 /// repository (as on the development machine and in CI).
 pub fn devset() -> Option<Vec<(String, RgbImage)>> {

@@ -390,15 +390,11 @@ fn local_start(
             (cx, cy, (x0, y0, x1, y1))
         })
         .collect();
-    // Each window's own lattice, from its own autocorrelation.
-    let locals: Vec<Option<Lattice>> = windows
-        .par_iter()
-        .map(|&(_, _, rect)| sync::local_lattice(prepared, rect, lat, acfs))
-        .collect();
-    // A window's local affine frame, anchored to the global frame at the window's centre.
+    // A window's own affine frame, from its own autocorrelation, anchored to
+    // the global frame at the window's centre.
     let local_frame = |i: usize| -> Option<Frame> {
-        let (cx, cy, _) = windows[i];
-        let affine = Frame::from_lattice(locals[i].as_ref()?)?;
+        let (cx, cy, rect) = windows[i];
+        let affine = Frame::from_lattice(&sync::local_lattice(prepared, rect, lat, acfs)?)?;
         let (gi, gj) = global.map(cx, cy);
         let (li, lj) = affine.map(cx, cy);
         let mut m = affine.m;
@@ -414,32 +410,29 @@ fn local_start(
     let mut by_distance: Vec<usize> = (0..windows.len()).collect();
     let d = |i: usize| (windows[i].0 - w / 2.0).powi(2) + (windows[i].1 - h / 2.0).powi(2);
     by_distance.sort_by(|&a, &b| d(a).total_cmp(&d(b)).then(a.cmp(&b)));
-    let anchors: Vec<(usize, Vec<f32>, Alignment)> = by_distance
+    let nearest: Vec<(usize, Vec<f32>)> = by_distance
         .iter()
-        .filter(|&&i| locals[i].is_some())
+        .filter_map(|&i| fold_window(i).map(|f| (i, f)))
         .take(ANCHOR_WINDOWS)
-        .collect::<Vec<_>>()
-        .par_iter()
-        .filter_map(|&&i| {
-            let f = fold_window(i)?;
+        .collect();
+    let tried: Vec<(usize, Vec<f32>, Alignment)> = nearest
+        .into_par_iter()
+        .filter_map(|(i, f)| {
             let a = align(&f, &bank.pairs, None)?;
             Some((i, f, a))
         })
         .collect();
-    let (centre, centre_fold, anchor) = anchors
-        .into_iter()
+    let &(centre, _, anchor) = tried
+        .iter()
         .max_by(|a, b| a.2.sync_z.total_cmp(&b.2.sync_z).then(b.0.cmp(&a.0)))?;
     if anchor.sync_z < REFINE_MIN_SYNC_Z {
         return None;
     }
     let folds: Vec<Option<Vec<f32>>> = (0..windows.len())
         .into_par_iter()
-        .map(|i| {
-            if i == centre {
-                Some(centre_fold.clone())
-            } else {
-                fold_window(i)
-            }
+        .map(|i| match tried.iter().find(|t| t.0 == i) {
+            Some(t) => Some(t.1.clone()),
+            None => fold_window(i),
         })
         .collect();
     let template = [bank.only(anchor.variant)];

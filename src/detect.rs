@@ -492,8 +492,10 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
 }
 
 /// Windows nearest the leak's centre tried as the anchor of a perspective
-/// start (one, the nearest, missed leaks whose central content hides the
-/// mark; the extra cost falls on leaks that reach the perspective search).
+/// start: the mark's strength follows the content, so the nearest window
+/// alone often holds too little of it. Perspective 8 % + blur + JPEG 70 on
+/// the devset with 1, 2, 3, 4, 6, 9 windows: 3, 4, 5, 7, 7, 7 of 10 (Nov 24).
+/// The cost falls on leaks that reach the perspective search, nulls included.
 const ANCHOR_WINDOWS: usize = 4;
 /// Side of the central region whose lattices start the perspective search,
 /// as a fraction of the leak's: perspective changes the period across a

@@ -116,7 +116,8 @@ pub fn load(path: &Path, limits: &LoadLimits) -> Result<Loaded> {
 
 /// Decodes an image held in memory within `limits`; errors name the path `<memory>`.
 ///
-/// Behaves exactly like [`load`]; meant for tests and fuzzing.
+/// Behaves exactly like [`load`]: for bytes already read (a file hashed
+/// before it is decoded), tests and fuzzing.
 ///
 /// # Errors
 ///

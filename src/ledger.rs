@@ -397,6 +397,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(to_hex(&hasher.finalize()))
 }
 
+/// SHA-256 of bytes already in memory, in the form of [`sha256_file`]: for
+/// a file that is read once, checked and then decoded from the same bytes.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
 fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

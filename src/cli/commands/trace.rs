@@ -155,15 +155,24 @@ pub struct Original {
 }
 
 impl Original {
-    /// Its luma: the kept one, or read from its file again.
+    /// Its luma: the kept one, or read from its file again, which must
+    /// still have the ledger's SHA-256 (checked when the trace started; a
+    /// file swapped since is not used). Read once, then hashed and decoded
+    /// from the same bytes, so what is checked is what is used.
     fn luma(&self, limits: &LoadLimits) -> Option<Arc<Plane>> {
-        match &self.luma {
-            Some(luma) => Some(Arc::clone(luma)),
-            None => {
-                let loaded = imageio::load(&self.path, limits).ok()?;
-                Some(Arc::new(Plane::luma(&loaded.image)))
-            }
+        if let Some(luma) = &self.luma {
+            return Some(Arc::clone(luma));
         }
+        let size = std::fs::metadata(&self.path).ok()?.len();
+        if size > limits.max_alloc_bytes {
+            return None;
+        }
+        let bytes = std::fs::read(&self.path).ok()?;
+        if ledger::sha256_bytes(&bytes) != self.document.sha256 {
+            return None;
+        }
+        let loaded = imageio::load_from_memory(&bytes, limits).ok()?;
+        Some(Arc::new(Plane::luma(&loaded.image)))
     }
 }
 
@@ -341,7 +350,7 @@ fn trace_luma(
     let total = blind.saturating_add(informed_total);
     let mut best: Option<(informed::InformedDetection, &Original)> = None;
     for original in &picked {
-        // Gone since the trace started: its readings stay charged.
+        // Gone or changed since the trace started: its readings stay charged.
         let Some(original_luma) = original.luma(limits) else {
             continue;
         };
@@ -568,19 +577,20 @@ mod tests {
     use leakmark::ledger::DocumentId;
 
     #[test]
-    fn an_original_not_kept_in_memory_is_read_again_when_tried() {
+    fn an_original_not_kept_in_memory_is_read_again_when_tried_and_only_if_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.png");
         let image = image::RgbImage::from_fn(64, 48, |x, y| {
             image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
         });
         image.save(&path).unwrap();
+        let sha256 = ledger::sha256_file(&path).unwrap();
         let expected = Plane::luma(&image::DynamicImage::ImageRgb8(image));
         let original = |luma| Original {
             document: Document {
                 id: DocumentId(1),
                 name: "o.png".into(),
-                sha256: String::new(),
+                sha256: sha256.clone(),
                 original_path: None,
                 width: 64,
                 height: 48,
@@ -597,6 +607,11 @@ mod tests {
         let read = original(None);
         assert_eq!(kept.luma(&limits).unwrap().data, expected.data);
         assert_eq!(read.luma(&limits).unwrap().data, expected.data);
+        // Swapped since the trace started (another valid image): not used.
+        image::RgbImage::from_pixel(64, 48, image::Rgb([200, 10, 10]))
+            .save(&path)
+            .unwrap();
+        assert!(read.luma(&limits).is_none());
         // Gone since the trace started: nothing to register on.
         std::fs::remove_file(&path).unwrap();
         assert!(read.luma(&limits).is_none());

@@ -422,7 +422,7 @@ fn local_start(
             Some((i, f, a))
         })
         .collect();
-    let &(centre, _, anchor) = tried
+    let &(anchor_window, _, anchor) = tried
         .iter()
         .max_by(|a, b| a.2.sync_z.total_cmp(&b.2.sync_z).then(b.0.cmp(&a.0)))?;
     if anchor.sync_z < REFINE_MIN_SYNC_Z {
@@ -453,7 +453,7 @@ fn local_start(
     // the mark in one region): the anchor's own frame starts the refinement.
     let frame = match fit_homography(&matches).and_then(|m| invert3(&m, 1e-12)) {
         Some(m) => Frame { m },
-        None => local_frame(centre)?,
+        None => local_frame(anchor_window)?,
     };
     read_frame(prepared, frame, bank, Some(&anchor))
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{devset, key, mark, sample};
+use common::{devset, key, mark, sample, suite_channel};
 use image::{DynamicImage, Rgb, RgbImage};
 use leakmark::attack::{self, Attack};
 use leakmark::detect::{self, DetectOptions};
@@ -74,10 +74,7 @@ fn informed_detection_registers_a_sparse_drawing_tilted_or_in_perspective() {
     let k = key(23);
     let original = sample("floor_plan_v2.png");
     let marked = mark(&k, &original, 77);
-    let (_, chain) = attack::standard_suite()
-        .into_iter()
-        .find(|(name, _)| *name == "crop50+rotate5+jpeg60")
-        .expect("the suite has the demo's channel");
+    let chain = suite_channel("crop50+rotate5+jpeg60");
     let leak = attack::apply(&chain, &marked, 3);
     let found = informed(&k, &leak, &original);
     assert_eq!(found.detection.serial, Some(77), "{found:?}");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{detect, drawing, key, mark, photo, sample};
+use common::{detect, drawing, key, mark, photo, sample, suite_channel};
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use leakmark::attack::{self, Attack, Fill};
 use leakmark::detect::DetectOptions;
@@ -276,10 +276,7 @@ fn a_phone_style_leak_in_perspective_is_read_from_the_windows_that_hold_the_mark
     // into its homography fit, and read nothing.
     let k = key(24);
     let marked = mark(&k, &sample("car_render_v3.png"), 78);
-    let (_, chain) = attack::standard_suite()
-        .into_iter()
-        .find(|(name, _)| *name == "perspective0.08+blur1+jpeg70")
-        .expect("the suite has the channel");
+    let chain = suite_channel("perspective0.08+blur1+jpeg70");
     for seed in [2, 3] {
         let d = detect(&k, &attack::apply(&chain, &marked, seed));
         assert_eq!(d.serial, Some(78), "seed {seed}: {d:?}");

@@ -218,6 +218,15 @@ pub fn photo(width: u32, height: u32, seed: u64) -> RgbImage {
     img
 }
 
+/// The attack suite's channel called `name`.
+pub fn suite_channel(name: &str) -> leakmark::attack::Attack {
+    leakmark::attack::standard_suite()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, attack)| attack)
+        .unwrap_or_else(|| panic!("the attack suite has no channel {name}"))
+}
+
 /// A draft of `samples/drafts`, as RGB.
 pub fn sample(name: &str) -> RgbImage {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

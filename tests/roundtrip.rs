@@ -285,6 +285,25 @@ fn a_phone_style_leak_in_perspective_is_read_from_the_windows_that_hold_the_mark
 }
 
 #[test]
+fn a_brightened_line_drawing_is_read_from_what_the_white_paper_leaves() {
+    // Regression (fails at 7e69f4b, score 5.3 after brightness +30; 12.0 and
+    // 11.7 now): brightening or a contrast boost clips the floor plan's white
+    // paper to 255 and erases the mark there; what is left lives among the
+    // lines, whose edges drowned it in a residual that weighed them as much
+    // as flat paper.
+    let k = key(42);
+    let marked = mark(&k, &sample("floor_plan_v2.png"), 0x1234_5678);
+    for leak_channel in [
+        attack::Attack::Brightness { delta: 30.0 },
+        attack::Attack::Contrast { factor: 1.3 },
+    ] {
+        let d = detect(&k, &attack::apply(&leak_channel, &marked, 7));
+        assert_eq!(d.serial, Some(0x1234_5678), "{leak_channel:?}: {d:?}");
+        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+    }
+}
+
+#[test]
 fn embed_refuses_images_below_the_minimum_size() {
     let k = key(9);
     for (w, h) in [

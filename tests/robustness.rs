@@ -57,12 +57,12 @@ const FLOORS: &[(&str, f64)] = &[
     ("grayscale", 0.9),                    // measured 10/10
     ("stamp-10", 0.9),                     // measured 10/10
     ("screenshot", 0.9),                   // measured 10/10
-    ("screen-camera", 0.0), // measured 0/10: not yet survived (moiré + perspective + blur + JPEG) (SSIM-capped mark, Nov 23)
-    ("print-scan", 0.2),    // measured 3/10 (SSIM-capped mark, Nov 23)
-    ("crop50+rotate5+jpeg60", 0.8), // measured 9/10 (SSIM-capped mark, Nov 23)
-    ("scale0.5+jpeg50", 0.1), // measured 2/10: a JPEG after a downscale meets the mark at twice its frequency
+    ("screen-camera", 0.4),                // measured 5/10 (activity-weighted residual, Nov 24)
+    ("print-scan", 0.2),                   // measured 3/10 (SSIM-capped mark, Nov 23)
+    ("crop50+rotate5+jpeg60", 0.8),        // measured 9/10 (SSIM-capped mark, Nov 23)
+    ("scale0.5+jpeg50", 0.4), // measured 5/10 (activity-weighted residual, Nov 24): a JPEG after a downscale meets the mark at twice its frequency
     ("scale0.5+rotate30+jpeg50", 0.1), // measured 2/10 (7×7 detail box, Nov 23)
-    ("perspective0.08+blur1+jpeg70", 0.6), // measured 7/10 (anchor windows, window z > 5, Nov 24)
+    ("perspective0.08+blur1+jpeg70", 0.8), // measured 9/10 (activity-weighted residual, Nov 24)
 ];
 
 /// Seed of the attacks' random choices (stamp position, corner jitter, noise).

@@ -33,9 +33,6 @@ pub const MAX_CANDIDATES: usize = 12;
 const DENSITY_CANDIDATES: usize = 4;
 /// JPEG block size, leak pixels.
 const JPEG_BLOCK_PX: f64 = 8.0;
-/// A lattice vector within this many working pixels of the JPEG block grid
-/// counts as lying on it.
-const ON_GRID_TOL_PX: f64 = 0.6;
 
 /// A candidate lattice: basis vectors in working pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -274,7 +271,6 @@ fn grid_px(prepared: &Prepared) -> f64 {
 /// Lattice candidates from a centred autocorrelation (`w` × `h`, padded).
 fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> {
     let r = &prepared.residual;
-    let grid_px = grid_px(prepared);
     let (cx, cy) = ((w / 2) as isize, (h / 2) as isize);
     let max_lag = (r.width.min(r.height) as f64 * 0.7).min(w.min(h) as f64 / 2.0 - 2.0);
     if max_lag <= MIN_PERIOD_PX {
@@ -395,19 +391,11 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
             if sin < 0.7 {
                 continue;
             }
-            // JPEG blocking makes its own lattice on the 8-px grid; a mark lattice
-            // sits exactly on it only by coincidence (MIN_CHIP_PX avoids it).
-            // On a leak shrunk more than 6.7× (long side over ~6,800 px) the
-            // grid is finer than twice the tolerance and every vector would
-            // count as on it: there the test cannot tell, and is skipped.
-            let on_grid = |p: [f64; 2]| {
-                p.iter().all(|c| {
-                    ((c / grid_px) - (c / grid_px).round()).abs() * grid_px < ON_GRID_TOL_PX
-                })
-            };
-            if grid_px > 2.0 * ON_GRID_TOL_PX && on_grid(u) && on_grid(v) {
-                continue;
-            }
+            // No lattice is rejected for lying on the JPEG block grid: in
+            // working pixels the grid is 8 × the work scale, so a mark's
+            // lattice lies on it by coincidence for a third of the sizes of a
+            // 2–8 MP issue (unattacked 4 and 6 MP covers went undetected),
+            // and the spectrum's grid lines are zeroed above anyway.
             let lat = Lattice { u, v, score: 0.0 };
             if !candidates.iter().any(|c| same_lattice(c, &lat)) {
                 candidates.push(lat);

@@ -304,6 +304,22 @@ fn a_brightened_line_drawing_is_read_from_what_the_white_paper_leaves() {
 }
 
 #[test]
+fn a_large_unattacked_copy_is_read_whatever_its_size_against_the_jpeg_grid() {
+    // Regression (fails at 37dbc70: score 1.8 at 4 MP, 1.4 at 6 MP): at these
+    // sizes the mark's period in working pixels falls near a multiple of the
+    // JPEG block grid (8 × the work scale), and the lattice search rejected
+    // every lattice lying on that grid, even for a PNG with no blocks at all.
+    let k = key(1);
+    for (w, h) in [(2309, 1732), (2828, 2121)] {
+        let cover = photo(w, h, 7);
+        let marked = mark(&k, &cover, 12345);
+        let d = detect(&k, &marked);
+        assert_eq!(d.serial, Some(12345), "{w}x{h}: {d:?}");
+        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+    }
+}
+
+#[test]
 fn embed_refuses_images_below_the_minimum_size() {
     let k = key(9);
     for (w, h) in [

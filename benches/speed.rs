@@ -93,11 +93,11 @@ fn bench_embed(c: &mut Criterion) {
     group.finish();
 }
 
-/// The marked leaks of `detect-blind`, shared with `decode`.
-/// Cover sizes of the blind-detection bench. 12 MP rather than 8: the
-/// synthetic 8 MP cover reads at a score of only 7.0 (its waves become
-/// mid-frequency texture at working resolution; found 24 Nov, not fixed),
-/// below the decision threshold, and a bench must time a detection.
+/// The marked leaks of `detect-blind`, shared with `decode`: 0.5, 2 and 12
+/// MP. Not 8: the synthetic 8 MP cover reads at a score of only 7.0, below
+/// the decision threshold (its waves become mid-frequency texture at
+/// working resolution; found 24 Nov, not fixed), and a bench must time a
+/// detection.
 fn marked_leaks() -> Vec<(f64, DynamicImage)> {
     let key = common::key(1);
     [0.5, 2.0, 12.0]

@@ -25,7 +25,9 @@ use crate::{Error, Result};
 pub const CHIPS_PER_SHORT_SIDE: f64 = 384.0;
 /// Smallest chip, in pixels: below this a downscale to a third would push
 /// the mark past the Nyquist limit.
-/// (2.55, not 2.5: a 64-chip tile of 160 px would sit exactly on JPEG's 8-px grid.)
+/// (2.55, not 2.5: chosen when the lattice search rejected lattices on
+/// JPEG's 8-px grid, which a 64-chip tile of 160 px would sit on; kept,
+/// since the chip size is part of the marked bytes.)
 pub const MIN_CHIP_PX: f64 = 2.55;
 /// Low-pass of the chip field, in chips: trades JPEG/resize survival
 /// (wider) against host interference (narrower).

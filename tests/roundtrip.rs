@@ -294,8 +294,8 @@ fn a_brightened_line_drawing_is_read_from_what_the_white_paper_leaves() {
     let k = key(42);
     let marked = mark(&k, &sample("floor_plan_v2.png"), 0x1234_5678);
     for leak_channel in [
-        attack::Attack::Brightness { delta: 30.0 },
-        attack::Attack::Contrast { factor: 1.3 },
+        Attack::Brightness { delta: 30.0 },
+        Attack::Contrast { factor: 1.3 },
     ] {
         let d = detect(&k, &attack::apply(&leak_channel, &marked, 7));
         assert_eq!(d.serial, Some(0x1234_5678), "{leak_channel:?}: {d:?}");
@@ -305,7 +305,7 @@ fn a_brightened_line_drawing_is_read_from_what_the_white_paper_leaves() {
 
 #[test]
 fn a_large_unattacked_copy_is_read_whatever_its_size_against_the_jpeg_grid() {
-    // Regression (fails at 37dbc70: score 1.8 at 4 MP, 1.4 at 6 MP): at these
+    // Regression (fails at 37dbc70: score 1.8 at 4 MP, 1.3 at 6 MP): at these
     // sizes the mark's period in working pixels falls near a multiple of the
     // JPEG block grid (8 × the work scale), and the lattice search rejected
     // every lattice lying on that grid, even for a PNG with no blocks at all.

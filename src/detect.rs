@@ -264,7 +264,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
             .enumerate()
             .flat_map_iter(|(i, lat)| {
                 let rank = b * LATTICES_PER_BATCH + i;
-                readings_for(&prepared, lat, &bank, rank < PERIOD_SEARCH_LATTICES)
+                readings_for(&prepared, lat, &bank, rank < NEARBY_SEARCH_LATTICES)
             })
             .collect();
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
@@ -317,14 +317,14 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     }
 }
 
-/// The readings of one lattice: global (its period corrected first when
-/// `search_period` and the sync is unclear), then up to two perspective
-/// refinements.
+/// The readings of one lattice: global (or, when `search_nearby` and the
+/// sync is unclear, the best of [`nearby_reading`]), then up to two
+/// perspective refinements.
 fn readings_for(
     prepared: &Prepared,
     lat: &Lattice,
     bank: &SyncBank,
-    search_period: bool,
+    search_nearby: bool,
 ) -> Vec<Reading> {
     let Some(frame) = Frame::from_lattice(lat) else {
         return Vec::new();
@@ -332,8 +332,8 @@ fn readings_for(
     let Some(mut first) = read_frame(prepared, frame, bank, None) else {
         return Vec::new();
     };
-    if search_period && first.alignment.sync_z < CLEAR_SYNC_Z {
-        if let Some(better) = period_search(prepared, lat, bank)
+    if search_nearby && first.alignment.sync_z < CLEAR_SYNC_Z {
+        if let Some(better) = nearby_reading(prepared, lat, bank)
             .filter(|r| r.alignment.sync_z > first.alignment.sync_z)
         {
             first = better;
@@ -359,33 +359,46 @@ fn readings_for(
 /// Lattices aligned together before checking whether one already decided.
 const LATTICES_PER_BATCH: usize = 2;
 
-/// The lattice scaled along the leak's x and y axes by `1 ± PERIOD_STEP`
-/// (the eight neighbours of the unscaled one), each folded and aligned with
-/// the full search; the best sync wins. JPEG after a downscale holds the
-/// mark mostly in its 8×8 blocks' means, so the autocorrelation's peaks are
-/// pulled towards multiples of the block along each axis: a lattice off by
-/// 1–2 % (seen on the devset after scale 0.7 + JPEG 40), which drifts the
-/// fold by chips across the leak although its ranking is right. The fold
-/// and its sync chips are first-order and unbiased. The choice uses sync
-/// chips only and replaces the lattice's global reading, so the verify
+/// The best-synchronised reading among lattices near `lat`, each folded and
+/// aligned with the full search. Two ways the autocorrelation misleads:
+/// - JPEG after a downscale holds the mark mostly in its 8×8 blocks' means,
+///   so the peaks are pulled towards multiples of the block along each
+///   axis: a lattice off by 1–2 % (seen on the devset after scale 0.7 +
+///   JPEG 40), which drifts the fold by chips across the leak although its
+///   ranking is right. Tried: the lattice scaled by `1 ± PERIOD_STEP` along
+///   the leak's x and y axes (its eight neighbours).
+/// - After a rotation and JPEG, one basis vector may be the mark's and the
+///   other twice or three times the mark's (the lattice points between are
+///   weak). Tried: either vector halved or divided by three.
+///
+/// The fold and its sync chips are first-order and unbiased. The choice uses
+/// sync chips only and replaces the lattice's global reading, so the verify
 /// statistic stays independent of it and the charge does not change.
-fn period_search(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Option<Reading> {
+fn nearby_reading(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Option<Reading> {
     let steps = [-PERIOD_STEP, 0.0, PERIOD_STEP];
-    let scales: Vec<(f64, f64)> = steps
+    let mut nearby: Vec<Lattice> = steps
         .iter()
         .flat_map(|&sx| steps.iter().map(move |&sy| (1.0 + sx, 1.0 + sy)))
         .filter(|&s| s != (1.0, 1.0))
-        .collect();
-    scales
-        .par_iter()
-        .filter_map(|&(sx, sy)| {
-            let scaled = Lattice {
-                u: [lat.u[0] * sx, lat.u[1] * sy],
-                v: [lat.v[0] * sx, lat.v[1] * sy],
-                score: lat.score,
-            };
-            read_frame(prepared, Frame::from_lattice(&scaled)?, bank, None)
+        .map(|(sx, sy)| Lattice {
+            u: [lat.u[0] * sx, lat.u[1] * sy],
+            v: [lat.v[0] * sx, lat.v[1] * sy],
+            ..*lat
         })
+        .collect();
+    for d in [2.0, 3.0] {
+        nearby.push(Lattice {
+            u: [lat.u[0] / d, lat.u[1] / d],
+            ..*lat
+        });
+        nearby.push(Lattice {
+            v: [lat.v[0] / d, lat.v[1] / d],
+            ..*lat
+        });
+    }
+    nearby
+        .par_iter()
+        .filter_map(|l| read_frame(prepared, Frame::from_lattice(l)?, bank, None))
         .max_by(|a, b| a.alignment.sync_z.total_cmp(&b.alignment.sync_z))
 }
 
@@ -393,10 +406,11 @@ fn period_search(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Option<
 /// scale 0.7 + JPEG 40 the devset's lattices were off by −1.9 … +1.1 %;
 /// the perspective refinement corrects what is left once the sync is clear.
 const PERIOD_STEP: f64 = 0.0125;
-/// Lattices, in order of evidence, whose period is searched when their sync
-/// is unclear (each search costs eight full alignments, nulls included).
-const PERIOD_SEARCH_LATTICES: usize = 2;
-/// Sync evidence above which a lattice's period is taken as it is.
+/// Lattices, in order of evidence, whose neighbours are searched when their
+/// sync is unclear (twelve full alignments each, nulls included). On the
+/// devset after five downscale + JPEG channels, 2 and 4 gained the same.
+const NEARBY_SEARCH_LATTICES: usize = 2;
+/// Sync evidence above which a lattice is taken as it is.
 const CLEAR_SYNC_Z: f64 = 9.0;
 /// The most readings one detection can evaluate: every lattice with its
 /// refinements, plus the perspective starts. This is what is charged.

@@ -402,7 +402,7 @@ fn nearby_reading(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Option
         .max_by(|a, b| a.alignment.sync_z.total_cmp(&b.alignment.sync_z))
 }
 
-/// Relative period correction tried per axis by [`period_search`]. After
+/// Relative period correction tried per axis by [`nearby_reading`]. After
 /// scale 0.7 + JPEG 40 the devset's lattices were off by −1.9 … +1.1 %;
 /// the perspective refinement corrects what is left once the sync is clear.
 const PERIOD_STEP: f64 = 0.0125;
@@ -412,6 +412,7 @@ const PERIOD_STEP: f64 = 0.0125;
 const NEARBY_SEARCH_LATTICES: usize = 2;
 /// Sync evidence above which a lattice is taken as it is.
 const CLEAR_SYNC_Z: f64 = 9.0;
+
 /// The most readings one detection can evaluate: every lattice with its
 /// refinements, plus the perspective starts. This is what is charged.
 const MAX_READINGS: usize = sync::MAX_CANDIDATES * (1 + REFINE_ROUNDS) + PERSPECTIVE_STARTS;

@@ -9,7 +9,7 @@ mod common;
 use common::{detect, drawing, key, mark, photo, sample, suite_channel};
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use leakmark::attack::{self, Attack, Fill};
-use leakmark::detect::DetectOptions;
+use leakmark::detect::{DetectOptions, Detection};
 use leakmark::embed::{embed, variant_for_image, MIN_SHORT_SIDE};
 use leakmark::plane::Plane;
 use leakmark::stats::{self, REPORT_THRESHOLD};
@@ -268,6 +268,15 @@ fn serial_survives_common_leak_channels() {
     }
 }
 
+/// The detection names `serial` with a false-alarm probability low enough to report.
+fn assert_names(d: &Detection, serial: u32, case: &str) {
+    assert_eq!(d.serial, Some(serial), "{case}: {d:?}");
+    assert!(
+        d.false_alarm_probability <= REPORT_THRESHOLD,
+        "{case}: {d:?}"
+    );
+}
+
 #[test]
 fn a_phone_style_leak_in_perspective_is_read_from_the_windows_that_hold_the_mark() {
     // Regression (fails at 6536465): under perspective 8 % + blur + JPEG 70
@@ -279,8 +288,7 @@ fn a_phone_style_leak_in_perspective_is_read_from_the_windows_that_hold_the_mark
     let chain = suite_channel("perspective0.08+blur1+jpeg70");
     for seed in [2, 3] {
         let d = detect(&k, &attack::apply(&chain, &marked, seed));
-        assert_eq!(d.serial, Some(78), "seed {seed}: {d:?}");
-        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+        assert_names(&d, 78, &format!("seed {seed}"));
     }
 }
 
@@ -298,8 +306,7 @@ fn a_brightened_line_drawing_is_read_from_what_the_white_paper_leaves() {
         Attack::Contrast { factor: 1.3 },
     ] {
         let d = detect(&k, &attack::apply(&leak_channel, &marked, 7));
-        assert_eq!(d.serial, Some(0x1234_5678), "{leak_channel:?}: {d:?}");
-        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+        assert_names(&d, 0x1234_5678, &format!("{leak_channel:?}"));
     }
 }
 
@@ -314,8 +321,7 @@ fn a_large_unattacked_copy_is_read_whatever_its_size_against_the_jpeg_grid() {
         let cover = photo(w, h, 7);
         let marked = mark(&k, &cover, 12345);
         let d = detect(&k, &marked);
-        assert_eq!(d.serial, Some(12345), "{w}x{h}: {d:?}");
-        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+        assert_names(&d, 12345, &format!("{w}x{h}"));
     }
 }
 
@@ -336,8 +342,7 @@ fn a_downscaled_then_recompressed_drawing_is_read_despite_the_jpeg_blocks_pull()
             Attack::Jpeg { quality },
         ]);
         let d = detect(&k, &attack::apply(&leak_channel, &marked, 7));
-        assert_eq!(d.serial, Some(0x1234_5678), "{leak_channel:?}: {d:?}");
-        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+        assert_names(&d, 0x1234_5678, &format!("{leak_channel:?}"));
     }
 }
 
@@ -363,8 +368,7 @@ fn a_rotated_thumbnail_is_read_when_its_lattice_shows_a_multiple_of_one_side() {
             Attack::Jpeg { quality: 50 },
         ]);
         let d = detect(&k, &attack::apply(&leak_channel, &marked, 7));
-        assert_eq!(d.serial, Some(0x1234_5678), "{name}: {d:?}");
-        assert!(d.false_alarm_probability <= REPORT_THRESHOLD, "{d:?}");
+        assert_names(&d, 0x1234_5678, name);
     }
 }
 

@@ -214,7 +214,18 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     let hypotheses = hypotheses_charged(options.known_copies.len());
     none.hypotheses = hypotheses;
     let prepared = sync::prepare(luma);
-    let lattices = sync::lattices(&prepared);
+    // The issued geometry first (a forwarded file), unless the
+    // autocorrelation found the very same lattice; then the autocorrelation's.
+    let issued = sync::as_issued(luma.width, luma.height, prepared.work_scale);
+    let found = sync::lattices(&prepared);
+    let issued_is_new = !found
+        .iter()
+        .any(|l| sync::same_lattice(l, &issued, SAME_AS_ISSUED_PX));
+    let lattices: Vec<Lattice> = issued_is_new
+        .then_some(issued)
+        .into_iter()
+        .chain(found)
+        .collect();
     if lattices.is_empty() {
         return none;
     }
@@ -278,9 +289,11 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     }
     if scored.iter().all(|s| s.0 < threshold) {
         // The best lattices may be slightly off (see `nearby_reading`).
+        // (Not the issued lattice: if it is the leak's, its period is exact.)
         let unclear: Vec<&Lattice> = lattices
             .iter()
             .zip(&first_sync)
+            .skip(usize::from(issued_is_new))
             .take(NEARBY_SEARCH_LATTICES)
             .filter(|(_, &z)| z < CLEAR_SYNC_Z)
             .map(|(lat, _)| lat)
@@ -435,11 +448,16 @@ const NEARBY_SEARCH_LATTICES: usize = 2;
 /// Sync evidence above which a lattice is taken as it is.
 const CLEAR_SYNC_Z: f64 = 9.0;
 
-/// The most readings one detection can evaluate: every lattice with its
-/// refinements, the nearby readings with theirs, plus the perspective
-/// starts. This is what is charged.
+/// Working pixels within which an autocorrelation lattice is the issued one
+/// ([`sync::as_issued`]) and replaces it: half a pixel over a period of
+/// 110–270 working pixels, so a leak rescaled by 0.5 % keeps both.
+const SAME_AS_ISSUED_PX: f64 = 0.5;
+
+/// The most readings one detection can evaluate: every lattice (the
+/// autocorrelation's and the issued one) with its refinements, the nearby
+/// readings with theirs, plus the perspective starts. This is what is charged.
 const MAX_READINGS: usize =
-    (sync::MAX_CANDIDATES + NEARBY_SEARCH_LATTICES) * (1 + REFINE_ROUNDS) + PERSPECTIVE_STARTS;
+    (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES) * (1 + REFINE_ROUNDS) + PERSPECTIVE_STARTS;
 
 /// Perspective refinement rounds per lattice (each adds one charged hypothesis).
 const REFINE_ROUNDS: usize = 2;

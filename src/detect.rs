@@ -309,6 +309,15 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);
     }
+    if scored.iter().all(|s| s.0 < threshold) {
+        // A line drawing whose paper a brightness or contrast change clipped
+        // to white keeps its mark only in the ink: read that, under the
+        // issued geometry (see `sync::prepare_same_surface`).
+        let ink = sync::prepare_same_surface(luma);
+        let new = readings_for(&ink, &issued, &bank);
+        scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
+        readings.extend(new);
+    }
     if readings
         .iter()
         .all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z)

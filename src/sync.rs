@@ -72,11 +72,24 @@ const DETAIL_RADIUS: usize = 3;
 const KNEE_ACTIVITY: f32 = 10.0;
 
 /// Shrinks the luma to working size and extracts a normalised noise residual:
-/// local detail (against the pixel's own surface, [`similar_mean`]) divided
-/// by local activity and clipped, then weighted down
-/// past [`KNEE_ACTIVITY`], so that edges, lines and text, where the host
-/// dwarfs the mark, weigh less than the flat and textured areas that carry it.
+/// local detail (against the box mean) divided by local activity and
+/// clipped, then weighted down past [`KNEE_ACTIVITY`], so that edges, lines
+/// and text, where the host dwarfs the mark, weigh less than the flat and
+/// textured areas that carry it.
 pub fn prepare(luma: &Plane) -> Prepared {
+    prepare_with(luma, false)
+}
+
+/// [`prepare`] with the detail taken against the pixel's own surface
+/// ([`similar_mean`]) rather than the box mean: what reads the ink of a line
+/// drawing whose paper was clipped to white. Not the default: on a smooth
+/// slope the selection follows the pixel's own mark (synthetic smooth
+/// photos, unattacked, 4 MP: score 14.8 with the box mean, 6.3 with it).
+pub fn prepare_same_surface(luma: &Plane) -> Prepared {
+    prepare_with(luma, true)
+}
+
+fn prepare_with(luma: &Plane, same_surface: bool) -> Prepared {
     let long = luma.width.max(luma.height);
     let (work, work_scale) = if long > WORK_MAX_PX {
         let s = WORK_MAX_PX as f64 / long as f64;
@@ -86,7 +99,11 @@ pub fn prepare(luma: &Plane) -> Prepared {
     } else {
         (luma.clone(), 1.0)
     };
-    let smooth = similar_mean(&work, DETAIL_RADIUS, edge_levels(&work));
+    let smooth = if same_surface {
+        similar_mean(&work, DETAIL_RADIUS, edge_levels(&work))
+    } else {
+        work.box_mean(DETAIL_RADIUS)
+    };
     let detail: Vec<f32> = work
         .data
         .iter()
@@ -158,7 +175,7 @@ const MIN_SIMILAR: u32 = 6;
 /// line, a letter or a clipped paper border the detail is the host's edge,
 /// hundreds of times the mark; this predictor stays on the pixel's own
 /// surface. It is what lets the ink of a line drawing carry the mark once
-/// a brightness or contrast change has clipped the paper to white.
+/// a brightness or contrast change has clipped its paper to white.
 fn similar_mean(plane: &Plane, r: usize, t: f32) -> Plane {
     let (w, h) = (plane.width, plane.height);
     let mut out = vec![0.0f32; w * h];
@@ -743,6 +760,23 @@ pub fn local_lattice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_detail_of_ink_is_taken_against_the_ink() {
+        // Paper at 255 with a 2-px vertical ink line at 30 + a ±2 mark.
+        let (w, h) = (32, 32);
+        let mut ink = Plane::filled(w, h, 255.0);
+        for y in 0..h {
+            for x in [15, 16] {
+                ink.data[y * w + x] = 30.0 + if (x + y) % 2 == 0 { 2.0 } else { -2.0 };
+            }
+        }
+        let p = similar_mean(&ink, 3, 6.0);
+        for y in 3..h - 3 {
+            let got = p.data[y * w + 15];
+            assert!((got - 30.0).abs() < 0.5, "ink predicted {got} at y {y}");
+        }
+    }
 
     #[test]
     fn reduction_finds_the_short_basis() {

@@ -328,6 +328,12 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);
     }
+    // The charge must cover every reading scored, or p is understated.
+    assert!(
+        readings.len() <= MAX_READINGS,
+        "{} readings scored, {MAX_READINGS} charged",
+        readings.len()
+    );
     none.candidates = readings.len();
     none.hypotheses = hypotheses;
     if readings.is_empty() {
@@ -464,9 +470,12 @@ const SAME_AS_ISSUED_PX: f64 = 0.5;
 
 /// The most readings one detection can evaluate: every lattice (the
 /// autocorrelation's and the issued one) with its refinements, the nearby
-/// readings with theirs, plus the perspective starts. This is what is charged.
-const MAX_READINGS: usize =
-    (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES) * (1 + REFINE_ROUNDS) + PERSPECTIVE_STARTS;
+/// readings with theirs, the issued lattice read in the ink
+/// ([`sync::prepare_same_surface`]) with its refinements, plus the
+/// perspective starts. This is what is charged.
+const MAX_READINGS: usize = (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + 1)
+    * (1 + REFINE_ROUNDS)
+    + PERSPECTIVE_STARTS;
 
 /// Perspective refinement rounds per lattice (each adds one charged hypothesis).
 const REFINE_ROUNDS: usize = 2;

@@ -52,7 +52,7 @@ const FLOORS: &[(&str, f64)] = &[
     ("median-1", 0.9),                     // measured 10/10
     ("noise-5", 0.9),                      // measured 10/10
     ("gamma-1.5", 0.9),                    // measured 10/10
-    ("brightness+30", 0.9),                // measured 10/10 (ink read under the issued lattice, Nov 24)
+    ("brightness+30", 0.9),                // measured 10/10 (ink read, Nov 24)
     ("contrast-0.7", 0.9),                 // measured 10/10
     ("grayscale", 0.9),                    // measured 10/10
     ("stamp-10", 0.9),                     // measured 10/10

@@ -1,14 +1,15 @@
 //! Detection: fold the leak onto the tile for each candidate geometry, align
 //! it with the sync chips, decode the serial, and verify it.
 //!
-//! For every lattice from [`crate::sync`], the residual is folded into one
-//! tile at half-chip resolution, which averages all the repetitions the leak
-//! holds. The eight flips/quarter-turns the lattice cannot tell apart, the
-//! cyclic shift and the pattern variant are found together by FFT
-//! correlation with the keyed sync chips. The data chips then decode to a
-//! serial, and that serial's verify chips give the statistic (see
-//! [`crate::stats`]) — which is charged for every candidate evaluated, and in
-//! ledger mode for every copy tested.
+//! For every lattice from [`crate::sync`] (first the issued geometry,
+//! [`crate::sync::as_issued`], then the autocorrelation's candidates), the
+//! residual is folded into one tile at half-chip resolution, which averages
+//! all the repetitions the leak holds. The eight flips/quarter-turns the
+//! lattice cannot tell apart, the cyclic shift and the pattern variant are
+//! found together by FFT correlation with the keyed sync chips. The data
+//! chips then decode to a serial, and that serial's verify chips give the
+//! statistic (see [`crate::stats`]) — which is charged for every candidate
+//! evaluated, and in ledger mode for every copy tested.
 
 use std::sync::OnceLock;
 
@@ -226,9 +227,6 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         .into_iter()
         .chain(found)
         .collect();
-    if lattices.is_empty() {
-        return none;
-    }
     let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
     let bank = SyncBank::new(&layouts);
 

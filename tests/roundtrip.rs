@@ -122,16 +122,7 @@ fn mark_is_invisible_by_psnr_and_ssim() {
             e.psnr_db, e.strength
         );
         assert!(psnr_db >= 42.0, "{name}: luma PSNR {psnr_db:.2} dB");
-        if name == "drawing" {
-            // Measured 0.9866–0.9872 on six seeds (and 0.976–0.990 on the
-            // devset drawings): below the 0.99 floor of issue 3. Not loosened,
-            // left out until the embedder meets it; then assert it here too.
-            if ssim < 0.99 {
-                println!("KNOWN SHORT: drawing SSIM {ssim:.4} < 0.99 (not asserted)");
-            }
-        } else {
-            assert!(ssim >= 0.99, "{name}: SSIM {ssim:.4}");
-        }
+        assert!(ssim >= 0.99, "{name}: SSIM {ssim:.4}");
         assert!(
             (psnr_db - e.psnr_db).abs() < 0.01,
             "{name}: reported PSNR matches"
@@ -141,31 +132,43 @@ fn mark_is_invisible_by_psnr_and_ssim() {
 
 #[test]
 fn white_paper_barely_changes_and_neutral_pixels_stay_neutral() {
+    // The car render's antialiased fringe of white (250–254) took the full
+    // mask before f38b6be: 13 levels on 82 pixels.
     let k = key(4);
-    let cover = drawing(W, H, 5);
-    let marked = embed_rgb(&k, &cover, SERIAL).image.to_rgb8();
-    let (mut white, mut neutral, mut worst) = (0usize, 0usize, 0i32);
-    for (o, m) in cover.pixels().zip(marked.pixels()) {
-        let [r, g, b] = o.0;
-        if r >= 250 && g >= 250 && b >= 250 {
-            white += 1;
-            for c in 0..3 {
-                worst = worst.max((i32::from(o.0[c]) - i32::from(m.0[c])).abs());
+    for (name, cover) in [
+        ("drawing", drawing(W, H, 5)),
+        ("car render", sample("car_render_v3.png")),
+    ] {
+        let marked = embed_rgb(&k, &cover, SERIAL).image.to_rgb8();
+        let (mut white, mut neutral, mut worst) = (0usize, 0usize, 0i32);
+        for (o, m) in cover.pixels().zip(marked.pixels()) {
+            let [r, g, b] = o.0;
+            if r >= 250 && g >= 250 && b >= 250 {
+                white += 1;
+                for c in 0..3 {
+                    worst = worst.max((i32::from(o.0[c]) - i32::from(m.0[c])).abs());
+                }
+            }
+            if r == g && g == b {
+                neutral += 1;
+                assert!(
+                    m.0[0] == m.0[1] && m.0[1] == m.0[2],
+                    "{name}: neutral {:?} became {:?}",
+                    o.0,
+                    m.0
+                );
             }
         }
-        if r == g && g == b {
-            neutral += 1;
-            assert!(
-                m.0[0] == m.0[1] && m.0[1] == m.0[2],
-                "neutral {:?} became {:?}",
-                o.0,
-                m.0
-            );
-        }
+        println!(
+            "{name}: near-white pixels {white}, neutral pixels {neutral}, largest white change {worst}"
+        );
+        let pixels = (cover.width() * cover.height()) as usize;
+        assert!(white > pixels / 3, "{name}: the cover is mostly paper");
+        assert!(
+            worst <= 4,
+            "{name}: near-white pixel changed by {worst} levels"
+        );
     }
-    println!("near-white pixels {white}, neutral pixels {neutral}, largest white change {worst}");
-    assert!(white > (W * H / 2) as usize, "the cover is mostly paper");
-    assert!(worst <= 4, "near-white pixel changed by {worst} levels");
 }
 
 #[test]

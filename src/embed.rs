@@ -55,6 +55,10 @@ const NEAR_WHITE: f32 = 5.5;
 /// mark of flat light shading (the paper's 1.3 there lost the car render
 /// after scale ½ + rotate 10° + JPEG 50: score 2.2).
 const NEAR_WHITE_CAP: f32 = 3.5;
+/// Headroom to 0 of the darkest channel below which a pixel is near-black;
+/// those not already bounded as ink get ±[`NEAR_WHITE_CAP`] (the car
+/// render's dark lines changed by up to 14 levels without it).
+const NEAR_BLACK: f32 = NEAR_WHITE;
 /// The same for near-black pixels (ink): black only lightens, by at most
 /// twice this. Larger than the paper's because the ink is what is left of a
 /// line drawing's mark once a brightness or contrast change has clipped its
@@ -258,6 +262,7 @@ fn headroom(image: &DynamicImage) -> Vec<(f32, f32)> {
 ///   shift lifts its mean, and SSIM's luminance term is harsh on a lifted
 ///   black (the car render's SSIM fell to 0.989 with ±3 on every black
 ///   pixel); lines and edges, whose amplitude is larger, get more.
+/// - Other near-black pixels ([`NEAR_BLACK`]): ±NEAR_WHITE_CAP.
 ///
 /// The same change goes on every channel, so neutral pixels stay neutral.
 #[inline]
@@ -271,6 +276,8 @@ fn shape(raw: f32, amplitude: f32, lo: f32, hi: f32) -> f32 {
         let ink_cap = amplitude.clamp(WHITE_CAP, INK_CAP);
         if lo > -ink_cap {
             d = d.clamp(-ink_cap, ink_cap) + (ink_cap + lo);
+        } else if lo > -NEAR_BLACK {
+            d = d.clamp(-NEAR_WHITE_CAP, NEAR_WHITE_CAP);
         }
     }
     d.clamp(lo, hi)
@@ -440,6 +447,11 @@ mod tests {
         }
         // Not quite black: may darken down to black, never past it.
         assert_eq!(shape(-10.0, 4.0, -2.0, 253.0), -2.0);
+        // Near black (a channel at 4) with a large amplitude: ±NEAR_WHITE_CAP.
+        for raw in [-10.0f32, 10.0] {
+            let d = shape(raw, 8.0, -4.0, 251.0);
+            assert_eq!(d, NEAR_WHITE_CAP.copysign(raw), "{raw}");
+        }
     }
 
     #[test]

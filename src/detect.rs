@@ -308,6 +308,27 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         readings.extend(new);
     }
     if scored.iter().all(|s| s.0 < threshold) {
+        // Lower-ranked lattices shaped like the tile's with one side two or
+        // three periods long: read with that side divided.
+        let divided: Vec<Lattice> = lattices
+            .iter()
+            .skip(usize::from(issued_is_new) + NEARBY_SEARCH_LATTICES)
+            .filter_map(sync::one_side_divided)
+            .filter(|d| {
+                !lattices
+                    .iter()
+                    .any(|l| sync::same_lattice(l, d, DIVIDED_NEW_PX))
+            })
+            .take(DIVIDED_LATTICES)
+            .collect();
+        let new: Vec<Reading> = divided
+            .par_iter()
+            .flat_map_iter(|lat| readings_for(&prepared, lat, &bank))
+            .collect();
+        scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
+        readings.extend(new);
+    }
+    if scored.iter().all(|s| s.0 < threshold) {
         // A line drawing whose paper a brightness or contrast change clipped
         // to white keeps its mark only in the ink: read that, under the
         // issued geometry (see `sync::prepare_same_surface`).
@@ -422,17 +443,7 @@ const LATTICES_PER_BATCH: usize = 2;
 /// rarely pays for it), so the chosen reading and its refinements come on
 /// top of the lattice's own and are charged as such ([`MAX_READINGS`]).
 fn nearby_reading(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Option<Reading> {
-    let steps = [-PERIOD_STEP, 0.0, PERIOD_STEP];
-    let mut nearby: Vec<Lattice> = steps
-        .iter()
-        .flat_map(|&sx| steps.iter().map(move |&sy| (1.0 + sx, 1.0 + sy)))
-        .filter(|&s| s != (1.0, 1.0))
-        .map(|(sx, sy)| Lattice {
-            u: [lat.u[0] * sx, lat.u[1] * sy],
-            v: [lat.v[0] * sx, lat.v[1] * sy],
-            ..*lat
-        })
-        .collect();
+    let mut nearby = stretched(lat);
     for d in [2.0, 3.0] {
         nearby.push(Lattice {
             u: [lat.u[0] / d, lat.u[1] / d],
@@ -449,6 +460,22 @@ fn nearby_reading(prepared: &Prepared, lat: &Lattice, bank: &SyncBank) -> Option
         .max_by(|a, b| a.alignment.sync_z.total_cmp(&b.alignment.sync_z))
 }
 
+/// The lattice scaled by `1 ± PERIOD_STEP` along the leak's x and y axes
+/// (its eight neighbours, not itself).
+fn stretched(lat: &Lattice) -> Vec<Lattice> {
+    let steps = [-PERIOD_STEP, 0.0, PERIOD_STEP];
+    steps
+        .iter()
+        .flat_map(|&sx| steps.iter().map(move |&sy| (1.0 + sx, 1.0 + sy)))
+        .filter(|&s| s != (1.0, 1.0))
+        .map(|(sx, sy)| Lattice {
+            u: [lat.u[0] * sx, lat.u[1] * sy],
+            v: [lat.v[0] * sx, lat.v[1] * sy],
+            ..*lat
+        })
+        .collect()
+}
+
 /// Relative period correction tried per axis by [`nearby_reading`]. After
 /// scale 0.7 + JPEG 40 the devset's lattices were off by −1.9 … +1.1 %;
 /// the perspective refinement corrects what is left once the sync is clear.
@@ -458,6 +485,12 @@ const PERIOD_STEP: f64 = 0.0125;
 /// nulls included). On the devset after five downscale + JPEG channels, 2
 /// and 4 gained the same.
 const NEARBY_SEARCH_LATTICES: usize = 2;
+/// Lattices beyond the nearby search read with one side divided
+/// ([`sync::one_side_divided`]) when no reading has decided; each is charged
+/// with its refinements.
+const DIVIDED_LATTICES: usize = 2;
+/// Working pixels within which a divided lattice is one already read.
+const DIVIDED_NEW_PX: f64 = 3.0;
 /// Sync evidence above which a lattice is taken as it is.
 const CLEAR_SYNC_Z: f64 = 9.0;
 
@@ -468,12 +501,14 @@ const SAME_AS_ISSUED_PX: f64 = 0.5;
 
 /// The most readings one detection can evaluate: every lattice (the
 /// autocorrelation's and the issued one) with its refinements, the nearby
-/// readings with theirs, the issued lattice read in the ink
+/// readings with theirs, the divided lattices with theirs, the issued
+/// lattice read in the ink
 /// ([`sync::prepare_same_surface`]) with its refinements, plus the
 /// perspective starts. This is what is charged.
-const MAX_READINGS: usize = (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + 1)
-    * (1 + REFINE_ROUNDS)
-    + PERSPECTIVE_STARTS;
+const MAX_READINGS: usize =
+    (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + DIVIDED_LATTICES + 1)
+        * (1 + REFINE_ROUNDS)
+        + PERSPECTIVE_STARTS;
 
 /// Perspective refinement rounds per lattice (each adds one charged hypothesis).
 const REFINE_ROUNDS: usize = 2;

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::key::SecretKey;
 use crate::mask::perceptual_mask;
-use crate::pattern::{document_variant, Layout, CHIPS, TILE};
+use crate::pattern::{document_variant, Layout, TILE};
 use crate::plane::{map_rgba, Plane};
 use crate::stats;
 use crate::{Error, Result};
@@ -135,36 +135,7 @@ impl SmoothTile {
                 table[y * side + x] = chips[(y / OVERSAMPLE) * TILE + x / OVERSAMPLE];
             }
         }
-        let sigma = (CHIP_BLUR * OVERSAMPLE as f64) as f32;
-        let radius = (3.0 * sigma).ceil() as isize;
-        let kernel: Vec<f32> = (-radius..=radius)
-            .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
-            .collect();
-        let norm: f32 = kernel.iter().sum();
-        let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
-        // Circular blur along rows (each row extended by its wrap-around),
-        // then down columns as whole-row multiply-adds.
-        let r = radius as usize;
-        let mut rows = vec![0.0f32; side * side];
-        let mut extended = vec![0.0f32; side + 2 * r];
-        for (out, src) in rows.chunks_mut(side).zip(table.chunks(side)) {
-            for (i, e) in extended.iter_mut().enumerate() {
-                *e = src[(i + side - r) % side];
-            }
-            for (x, o) in out.iter_mut().enumerate() {
-                *o = kernel.iter().zip(&extended[x..]).map(|(k, v)| k * v).sum();
-            }
-        }
-        let mut blurred = vec![0.0f32; side * side];
-        for (y, out) in blurred.chunks_mut(side).enumerate() {
-            for (j, &k) in kernel.iter().enumerate() {
-                let sy = (y + side + j - r) % side;
-                for (o, &v) in out.iter_mut().zip(&rows[sy * side..(sy + 1) * side]) {
-                    *o += k * v;
-                }
-            }
-        }
-        let table = blurred;
+        let table = circular_blur(&table, side, CHIP_BLUR * OVERSAMPLE as f64);
         let rms = (table.iter().map(|v| v * v).sum::<f32>() / table.len() as f32)
             .sqrt()
             .max(1e-6);
@@ -206,38 +177,43 @@ impl SmoothTile {
 /// The chip field minus its circular Gaussian blur of σ [`DRIFT_CHIPS`]
 /// (the tile repeats, so the blur wraps).
 fn without_drift(chips: &[f32]) -> Vec<f32> {
-    let sigma = DRIFT_CHIPS;
-    let radius = (3.0 * sigma).ceil() as usize;
-    let kernel: Vec<f32> = (0..=2 * radius)
-        .map(|i| {
-            let d = i as f64 - radius as f64;
-            (-(d * d) / (2.0 * sigma * sigma)).exp() as f32
-        })
+    let drift = circular_blur(chips, TILE, DRIFT_CHIPS);
+    chips.iter().zip(&drift).map(|(c, d)| c - d).collect()
+}
+
+/// Gaussian blur of σ `sigma` samples of a periodic `side` × `side` field
+/// (row-major): along rows, each extended by its wrap-around, then down
+/// columns as whole-row multiply-adds.
+fn circular_blur(field: &[f32], side: usize, sigma: f64) -> Vec<f32> {
+    let sigma = sigma as f32;
+    let radius = (3.0 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
         .collect();
     let norm: f32 = kernel.iter().sum();
-    // Wrapped index of chip `i + j - radius`.
-    let at = |i: usize, j: usize| (i + TILE * 4 + j - radius) % TILE;
-    let blur_rows = |field: &[f32]| -> Vec<f32> {
-        let mut out = vec![0.0f32; CHIPS];
-        for y in 0..TILE {
-            for x in 0..TILE {
-                out[y * TILE + x] = kernel
-                    .iter()
-                    .enumerate()
-                    .map(|(j, k)| k * field[y * TILE + at(x, j)])
-                    .sum::<f32>()
-                    / norm;
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
+    let r = radius as usize;
+    assert!(r <= side, "the kernel wraps at most once");
+    let mut rows = vec![0.0f32; side * side];
+    let mut extended = vec![0.0f32; side + 2 * r];
+    for (out, src) in rows.chunks_mut(side).zip(field.chunks(side)) {
+        for (i, e) in extended.iter_mut().enumerate() {
+            *e = src[(i + side - r) % side];
+        }
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = kernel.iter().zip(&extended[x..]).map(|(k, v)| k * v).sum();
+        }
+    }
+    let mut blurred = vec![0.0f32; side * side];
+    for (y, out) in blurred.chunks_mut(side).enumerate() {
+        for (j, &k) in kernel.iter().enumerate() {
+            let sy = (y + side + j - r) % side;
+            for (o, &v) in out.iter_mut().zip(&rows[sy * side..(sy + 1) * side]) {
+                *o += k * v;
             }
         }
-        out
-    };
-    let transpose = |field: &[f32]| -> Vec<f32> {
-        (0..CHIPS)
-            .map(|i| field[(i % TILE) * TILE + i / TILE])
-            .collect()
-    };
-    let drift = transpose(&blur_rows(&transpose(&blur_rows(chips))));
-    chips.iter().zip(&drift).map(|(c, d)| c - d).collect()
+    }
+    blurred
 }
 
 /// How far each pixel may move, on a 0–255 scale: `(lo, hi)`, the most
@@ -425,6 +401,7 @@ fn apply_delta(image: &DynamicImage, delta: &[f32]) -> DynamicImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pattern::CHIPS;
 
     #[test]
     fn white_pixels_only_darken_and_stay_neutral() {

@@ -317,7 +317,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
             .filter(|d| {
                 !lattices
                     .iter()
-                    .any(|l| sync::same_lattice(l, d, DIVIDED_NEW_PX))
+                    .any(|l| sync::same_lattice(l, d, sync::SAME_LATTICE_PX))
             })
             .take(DIVIDED_LATTICES)
             .collect();
@@ -489,8 +489,6 @@ const NEARBY_SEARCH_LATTICES: usize = 2;
 /// ([`sync::one_side_divided`]) when no reading has decided; each is charged
 /// with its refinements.
 const DIVIDED_LATTICES: usize = 2;
-/// Working pixels within which a divided lattice is one already read.
-const DIVIDED_NEW_PX: f64 = 3.0;
 /// Sync evidence above which a lattice is taken as it is.
 const CLEAR_SYNC_Z: f64 = 9.0;
 

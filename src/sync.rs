@@ -699,7 +699,7 @@ pub fn one_side_divided(lat: &Lattice) -> Option<Lattice> {
 const MULTIPLE_SIDE_TOLERANCE: f64 = 0.08;
 
 /// Working pixels within which two candidate lattices' vectors count as one.
-const SAME_LATTICE_PX: f64 = 3.0;
+pub const SAME_LATTICE_PX: f64 = 3.0;
 
 /// Whether two lattices are the same up to sign and order of their vectors,
 /// each vector within `tolerance_px`.

@@ -337,12 +337,14 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);
     }
-    if readings
-        .iter()
-        .all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z)
+    if scored.iter().all(|s| s.0 < threshold)
+        && readings
+            .iter()
+            .all(|r| r.alignment.sync_z < REFINE_MIN_SYNC_Z)
     {
-        // Nothing aligned: under strong perspective the global autocorrelation
-        // is smeared, but the centre of the leak still has a clean local lattice.
+        // Nothing decided or aligned: under strong perspective the global
+        // autocorrelation is smeared, but the centre of the leak, seen
+        // through the right tilt, still has a clean lattice.
         let new = perspective_readings(&prepared, &bank);
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);

@@ -630,9 +630,9 @@ fn local_start(
 ///
 /// A strong tilt changes the period across even the central region by more
 /// than its autocorrelation tolerates (perspective 10 % of the devset's
-/// photo: 183 px at a fifth of its width, 132 px at four fifths), so the region is looked at through each tilt of a grid
-/// ([`Tilt`]): the one that undoes most of the leak's perspective gives the
-/// sharpest lattice. The best starts are read in their tilted view of the
+/// photo: 183 px at a fifth of its width, 132 px at four fifths), so the
+/// region is looked at through each tilt of a grid ([`Tilt`]): the one that
+/// undoes most of the leak's perspective gives the sharpest lattice. The best starts are read in their tilted view of the
 /// whole leak, whose remaining perspective the windows correct, and the
 /// frame found there is carried back to the leak.
 fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
@@ -654,37 +654,22 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
             sync::lattices_blurred(&centre, PERSPECTIVE_ACF_BLUR)
         })
         .collect();
-    let starts = perspective_starts(&tilts, &per_tilt);
-    // Starts under the same tilt share its view and the window grid (of a
-    // similar period): each window's autocorrelation is computed once.
-    let mut by_tilt: Vec<(usize, Vec<Lattice>)> = Vec::new();
-    for (ti, lat) in starts {
-        match by_tilt.iter_mut().find(|(t, _)| *t == ti) {
-            Some((_, l)) => l.push(lat),
-            None => by_tilt.push((ti, vec![lat])),
-        }
-    }
-    by_tilt
+    perspective_starts(&tilts, &per_tilt)
         .par_iter()
-        .flat_map_iter(|(ti, lats)| {
-            let tilt = tilts[*ti];
+        .filter_map(|&(ti, lat)| {
+            let tilt = tilts[ti];
             let view = Prepared {
                 residual: tilt.view(r, (0, 0, r.width, r.height)),
                 work_scale: prepared.work_scale,
             };
+            let tile_px = norm2(lat.u).min(norm2(lat.v));
             let acfs = sync::WindowAcfs::default();
-            let to_view = tilt.leak_to_view(r.width, r.height);
-            lats.iter()
-                .filter_map(|lat| {
-                    let tile_px = norm2(lat.u).min(norm2(lat.v));
-                    let start = local_start(&view, lat, bank, tile_px, &acfs)?;
-                    let frame = refine(&view, &start, bank, tile_px)?;
-                    let frame = Frame {
-                        m: mul3(&frame.m, &to_view),
-                    };
-                    read_frame(prepared, frame, bank, Some(&start.alignment))
-                })
-                .collect::<Vec<_>>()
+            let start = local_start(&view, &lat, bank, tile_px, &acfs)?;
+            let frame = refine(&view, &start, bank, tile_px)?;
+            let frame = Frame {
+                m: mul3(&frame.m, &tilt.leak_to_view(r.width, r.height)),
+            };
+            read_frame(prepared, frame, bank, Some(&start.alignment))
         })
         .collect()
 }

@@ -664,7 +664,19 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
             };
             let tile_px = norm2(lat.u).min(norm2(lat.v));
             let acfs = sync::WindowAcfs::default();
-            let start = local_start(&view, &lat, bank, tile_px, &acfs)?;
+            // Where the tilt has undone the perspective, the start's own
+            // frame over the whole view may align better than the windows'
+            // noisier local lattices: the clearer sync of the two goes on.
+            let local = local_start(&view, &lat, bank, tile_px, &acfs);
+            let whole = if std::env::var("LM_NOWHOLE").is_ok() {
+                None
+            } else {
+                Frame::from_lattice(&lat).and_then(|f| read_frame(&view, f, bank, None))
+            };
+            let start = [local, whole]
+                .into_iter()
+                .flatten()
+                .max_by(|a, b| a.alignment.sync_z.total_cmp(&b.alignment.sync_z))?;
             let frame = refine(&view, &start, bank, tile_px)?;
             let frame = Frame {
                 m: mul3(&frame.m, &tilt.leak_to_view(r.width, r.height)),

@@ -312,6 +312,27 @@ fn a_strongly_tilted_leak_is_read_through_the_tilt_that_undoes_it() {
 }
 
 #[test]
+fn a_tilted_view_is_also_read_under_its_start_lattice_whole() {
+    // Regression (fails when the tilted view is read only through the
+    // windows' local lattices: scores 1.1 and 1.0; 14.3 and 11.4 with the
+    // whole view read under the start lattice too). (Four samples × keys
+    // 1–8 under perspective 10 % and 8 % + blur + JPEG 70, seed 7: 62 → 64
+    // of 64.)
+    let chain = suite_channel("perspective0.08+blur1+jpeg70");
+    let marked_by = |seed: u8| {
+        mark(
+            &key(seed),
+            &sample("cupholder_colour_study.png"),
+            0x1234_5678,
+        )
+    };
+    for seed in [4, 5] {
+        let d = detect(&key(seed), &attack::apply(&chain, &marked_by(seed), 7));
+        assert_names(&d, 0x1234_5678, &format!("key {seed}"));
+    }
+}
+
+#[test]
 fn a_brightened_line_drawing_is_read_from_what_the_white_paper_leaves() {
     // Regression (fails at 7e69f4b, score 5.3 after brightness +30; 12.0 and
     // 11.7 now): brightening or a contrast boost clips the floor plan's white

@@ -668,11 +668,7 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
             // frame over the whole view may align better than the windows'
             // noisier local lattices: the clearer sync of the two goes on.
             let local = local_start(&view, &lat, bank, tile_px, &acfs);
-            let whole = if std::env::var("LM_NOWHOLE").is_ok() {
-                None
-            } else {
-                Frame::from_lattice(&lat).and_then(|f| read_frame(&view, f, bank, None))
-            };
+            let whole = Frame::from_lattice(&lat).and_then(|f| read_frame(&view, f, bank, None));
             let start = [local, whole]
                 .into_iter()
                 .flatten()

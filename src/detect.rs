@@ -23,6 +23,7 @@ use crate::key::SecretKey;
 use crate::pattern::{Layout, CHIPS, TILE, VARIANTS};
 use crate::payload;
 use crate::plane::Plane;
+use crate::register::{self, Homography};
 use crate::stats;
 use crate::sync::{self, Lattice, Prepared, Rect};
 
@@ -632,9 +633,10 @@ fn local_start(
 /// than its autocorrelation tolerates (perspective 10 % of the devset's
 /// photo: 183 px at a fifth of its width, 132 px at four fifths), so the
 /// region is looked at through each tilt of a grid ([`Tilt`]): the one that
-/// undoes most of the leak's perspective gives the sharpest lattice. The best starts are read in their tilted view of the
-/// whole leak, whose remaining perspective the windows correct, and the
-/// frame found there is carried back to the leak.
+/// undoes most of the leak's perspective gives the sharpest lattice. The
+/// best starts are read in their tilted view of the whole leak, whose
+/// remaining perspective the windows correct, and the frame found there is
+/// carried back to the leak.
 fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
     let r = &prepared.residual;
     let (cw, ch) = (
@@ -675,7 +677,7 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
                 .max_by(|a, b| a.alignment.sync_z.total_cmp(&b.alignment.sync_z))?;
             let frame = refine(&view, &start, bank, tile_px)?;
             let frame = Frame {
-                m: mul3(&frame.m, &tilt.leak_to_view(r.width, r.height)),
+                m: mul3(&frame.m, &tilt.leak_to_view(r.width, r.height).0),
             };
             read_frame(prepared, frame, bank, Some(&start.alignment))
         })
@@ -735,46 +737,36 @@ impl Tilt {
     }
 
     /// `rect` of the leak as seen through the tilt: view pixel (x, y) holds
-    /// the residual (bilinear) where the tilt sends it, zero outside.
+    /// the residual (bilinear) where the tilt sends its centre, zero outside.
     fn view(&self, residual: &Plane, rect: sync::Rect) -> Plane {
         let (x0, y0, x1, y1) = rect;
-        let m = self.view_to_leak(residual.width, residual.height);
+        let to_leak = self.view_to_leak(residual.width, residual.height);
         let mut out = Plane::filled(x1 - x0, y1 - y0, 0.0);
-        let (w, h) = (residual.width as isize, residual.height as isize);
         for (row, y) in out.data.chunks_mut(x1 - x0).zip(y0..y1) {
             for (o, x) in row.iter_mut().zip(x0..x1) {
-                let (x, y) = (x as f64, y as f64);
-                let d = m[6] * x + m[7] * y + m[8];
-                let (sx, sy) = (
-                    (m[0] * x + m[1] * y + m[2]) / d,
-                    (m[3] * x + m[4] * y + m[5]) / d,
-                );
-                let (fx, fy) = (sx.floor(), sy.floor());
-                let (ix, iy) = (fx as isize, fy as isize);
-                if ix < 0 || iy < 0 || ix + 1 >= w || iy + 1 >= h {
-                    continue;
+                if let Some(v) = to_leak
+                    .map(x as f64 + 0.5, y as f64 + 0.5)
+                    .and_then(|(u, v)| register::sample(residual, u, v))
+                {
+                    *o = v;
                 }
-                let (ax, ay) = ((sx - fx) as f32, (sy - fy) as f32);
-                let at = |x: isize, y: isize| residual.data[(y * w + x) as usize];
-                *o = (at(ix, iy) * (1.0 - ax) + at(ix + 1, iy) * ax) * (1.0 - ay)
-                    + (at(ix, iy + 1) * (1.0 - ax) + at(ix + 1, iy + 1) * ax) * ay;
             }
         }
         out
     }
 
-    /// View pixel → leak pixel, as a 3 × 3 matrix.
-    fn view_to_leak(&self, width: usize, height: usize) -> [f64; 9] {
+    /// View pixel → leak pixel (continuous coordinates, as frames use).
+    fn view_to_leak(&self, width: usize, height: usize) -> Homography {
         self.matrix(width, height, 1.0)
     }
 
     /// Leak pixel → view pixel.
-    fn leak_to_view(&self, width: usize, height: usize) -> [f64; 9] {
+    fn leak_to_view(&self, width: usize, height: usize) -> Homography {
         self.matrix(width, height, -1.0)
     }
 
     /// N⁻¹ · [[1, 0, 0], [0, 1, 0], [±g, ±h, 1]] · N, N the normalisation.
-    fn matrix(&self, width: usize, height: usize, sign: f64) -> [f64; 9] {
+    fn matrix(&self, width: usize, height: usize, sign: f64) -> Homography {
         let (sx, sy) = (width as f64 / 2.0, height as f64 / 2.0);
         let n = [1.0 / sx, 0.0, -1.0, 0.0, 1.0 / sy, -1.0, 0.0, 0.0, 1.0];
         let n_inv = [sx, 0.0, sx, 0.0, sy, sy, 0.0, 0.0, 1.0];
@@ -789,7 +781,7 @@ impl Tilt {
             sign * self.h,
             1.0,
         ];
-        mul3(&n_inv, &mul3(&q, &n))
+        Homography(mul3(&n_inv, &mul3(&q, &n)))
     }
 }
 
@@ -1523,25 +1515,17 @@ pub fn hypotheses_charged(known_copies: usize) -> u64 {
 mod tests {
     use super::*;
 
-    fn apply(m: &[f64; 9], x: f64, y: f64) -> (f64, f64) {
-        let d = m[6] * x + m[7] * y + m[8];
-        (
-            (m[0] * x + m[1] * y + m[2]) / d,
-            (m[3] * x + m[4] * y + m[5]) / d,
-        )
-    }
-
     #[test]
     fn a_tilt_fixes_the_leak_centre_and_its_inverse_undoes_it() {
         let (w, h) = (300, 200);
         let t = Tilt { g: 0.15, h: -0.075 };
         let (there, back) = (t.view_to_leak(w, h), t.leak_to_view(w, h));
-        let (cx, cy) = apply(&there, 150.0, 100.0);
+        let (cx, cy) = there.map(150.0, 100.0).unwrap();
         assert!((cx - 150.0).abs() < 1e-9 && (cy - 100.0).abs() < 1e-9);
         for (x, y) in [(0.0, 0.0), (299.0, 10.0), (37.5, 180.0)] {
-            let (lx, ly) = apply(&there, x, y);
+            let (lx, ly) = there.map(x, y).unwrap();
             assert!((lx - x).abs() > 1.0, "a tilt moves the sides");
-            let (vx, vy) = apply(&back, lx, ly);
+            let (vx, vy) = back.map(lx, ly).unwrap();
             assert!((vx - x).abs() < 1e-9 && (vy - y).abs() < 1e-9, "({x}, {y})");
         }
     }
@@ -1558,8 +1542,9 @@ mod tests {
         let there = t.view_to_leak(w, h);
         let view = t.view(&residual, (0, 0, w, h));
         for (x, y) in [(40, 30), (150, 100), (260, 170)] {
-            let (lx, ly) = apply(&there, x as f64, y as f64);
-            let want = lx + 3.0 * ly;
+            let (lx, ly) = there.map(x as f64 + 0.5, y as f64 + 0.5).unwrap();
+            // Pixel centres at i + 0.5: the ramp's value there is i.
+            let want = (lx - 0.5) + 3.0 * (ly - 0.5);
             let got = f64::from(view.data[y * w + x]);
             assert!((got - want).abs() < 1e-2, "({x}, {y}): {got} vs {want}");
         }

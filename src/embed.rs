@@ -19,16 +19,24 @@ use crate::plane::{map_rgba, Plane};
 use crate::stats;
 use crate::{Error, Result};
 
-/// Chips across the image's short side. 384 puts ~6 tiles across the short
-/// side (so a quarter-area crop still holds 3) and keeps a chip above one
-/// pixel after a downscale to a third of an image 1150 px high.
-pub const CHIPS_PER_SHORT_SIDE: f64 = 384.0;
-/// Smallest chip, in pixels: below this a downscale to a third would push
-/// the mark past the Nyquist limit.
-/// (2.55, not 2.5: chosen when the lattice search rejected lattices on
-/// JPEG's 8-px grid, which a 64-chip tile of 160 px would sit on; kept,
-/// since the chip size is part of the marked bytes.)
-pub const MIN_CHIP_PX: f64 = 2.55;
+/// Chips across the image's short side. 288 puts 4.5 tiles across the short
+/// side (a quarter-area crop still holds two) and keeps a chip near 1.4 px
+/// after a downscale to a third of an image 1200 px high, so JPEG after the
+/// downscale still finds mark energy in its lower frequencies. 384 (six
+/// tiles, chip 1.04 px there) lost the mark after downscale to a third +
+/// JPEG 70 on 23 of 42 leaks of the devset and samples (independent
+/// PIL/OpenCV attacks, three seeds), 288 / 3.0 on 10; downscale ½ +
+/// rotation 30° + JPEG 50 25 → 12, phone-style perspective shots 5 → 8
+/// (all 15 channels: 566 → 588 of 630); robustness suite 361 → 361 of 380
+/// (downscale ½ + rotation 30° + JPEG 50 4 → 7, perspective rows 29 → 27).
+/// 256 read 364 in the suite but lost quarter crops of the small photos.
+pub const CHIPS_PER_SHORT_SIDE: f64 = 288.0;
+/// Smallest chip, in pixels (images whose short side is under 864 px): below
+/// it a downscale to a third would push the mark past what JPEG keeps. 3.4
+/// (tile 218 px) lost quarter-area crops of the 640-px-high photo (2.9
+/// tiles across its short side); 2.55, the value before, lost downscale +
+/// JPEG on the small photos and screenshots.
+pub const MIN_CHIP_PX: f64 = 3.0;
 /// Low-pass of the chip field, in chips: trades JPEG/resize survival
 /// (wider) against host interference (narrower).
 pub const CHIP_BLUR: f64 = 0.6;

@@ -95,7 +95,7 @@ pub fn informed_hypotheses(copies: usize) -> u64 {
 ///
 /// let key = leakmark::SecretKey::from_bytes([7; 32]);
 /// // A non-repeating "drawing": grey blocks of hashed shades.
-/// let original = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(480, 360, |x, y| {
+/// let original = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(512, 400, |x, y| {
 ///     let cell = (x / 24).wrapping_mul(2_654_435_761) ^ (y / 20).wrapping_mul(40_503);
 ///     let v = 40 + (cell >> 7) % 180;
 ///     image::Rgb([v as u8, v as u8, v as u8])
@@ -103,7 +103,7 @@ pub fn informed_hypotheses(copies: usize) -> u64 {
 /// let variant = leakmark::embed::variant_for_image(&key, &original);
 /// let marked = leakmark::embed::embed(&key, &original, 42, variant)?.image;
 /// // The leak: the marked copy at 70 %.
-/// let leak = marked.resize(336, 252, image::imageops::FilterType::Triangle);
+/// let leak = marked.resize(358, 280, image::imageops::FilterType::Triangle);
 /// let found = detect_informed(&key, &leak, &original, &InformedOptions::default());
 /// assert_eq!(found.detection.serial, Some(42));
 /// assert_eq!(found.detection.mode, "informed");

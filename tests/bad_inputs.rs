@@ -71,7 +71,7 @@ fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
-/// A textured cover big enough to carry a mark (short side ≥ 326 px).
+/// A textured cover big enough to carry a mark (short side ≥ 384 px).
 fn cover() -> RgbImage {
     common::photo(480, 400, 11)
 }

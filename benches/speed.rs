@@ -36,7 +36,7 @@ use criterion::{
 use image::{DynamicImage, ImageFormat};
 use leakmark::attack::{self, Attack, Fill};
 use leakmark::detect::{detect, DetectOptions, KnownCopy};
-use leakmark::embed::{embed, variant_for_image};
+use leakmark::embed::{chip_px_for, embed, variant_for_image};
 use leakmark::imageio::{self, LoadLimits};
 use leakmark::pattern::VARIANTS;
 
@@ -150,10 +150,20 @@ fn ledger_copies(n: usize, issued: KnownCopy) -> Vec<KnownCopy> {
     copies
 }
 
+/// Ledger options as `trace` builds them: the copies, and the chip sizes
+/// of the documents they were issued from (here five sizes, 1 to 12 MP,
+/// read on a leak nothing else decides).
 #[allow(clippy::needless_update)] // The detector may grow options; keep their defaults.
 fn trace_options(known_copies: Vec<KnownCopy>) -> DetectOptions {
+    let issued_chip_px = [1.0, 2.0, 4.0, 8.0, 12.0]
+        .map(|mp| {
+            let (w, h) = dims(mp);
+            chip_px_for(w, h)
+        })
+        .to_vec();
     DetectOptions {
         known_copies,
+        issued_chip_px,
         ..DetectOptions::default()
     }
 }

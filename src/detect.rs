@@ -53,6 +53,48 @@ pub struct KnownCopy {
 pub struct DetectOptions {
     /// Issued copies to test as hypotheses (ledger-informed mode). Empty: blind only.
     pub known_copies: Vec<KnownCopy>,
+    /// Chip sizes, pixels, of the documents those copies were issued from
+    /// ([`crate::embed::chip_px_for`] of each original's size). When nothing
+    /// else decides, each is read as an upright lattice at the leak's own
+    /// scale: an unscaled crop of an issued copy (a screenshot at 100 %) too
+    /// small for its autocorrelation to show the lattice. Sizes within
+    /// [`PERIOD_STEP`] of each other count once, at most
+    /// [`MAX_ISSUED_CHIPS`] are read, and each is charged.
+    pub issued_chip_px: Vec<f64>,
+}
+
+/// Most issued chip sizes ([`DetectOptions::issued_chip_px`]) read per leak.
+pub const MAX_ISSUED_CHIPS: usize = 16;
+
+impl DetectOptions {
+    /// The distinct issued chip sizes read, smallest first: a size counts
+    /// once within [`PERIOD_STEP`] (the fold tolerates that much), and past
+    /// [`MAX_ISSUED_CHIPS`] the rest are left out.
+    fn issued_chips(&self) -> Vec<f64> {
+        let mut sizes: Vec<f64> = self
+            .issued_chip_px
+            .iter()
+            .copied()
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .collect();
+        sizes.sort_by(f64::total_cmp);
+        let mut out: Vec<f64> = Vec::new();
+        for c in sizes {
+            if out
+                .last()
+                .is_none_or(|&last| c > last * (1.0 + PERIOD_STEP))
+            {
+                out.push(c);
+            }
+        }
+        out.truncate(MAX_ISSUED_CHIPS);
+        out
+    }
+
+    /// The most readings one detection with these options can evaluate.
+    fn max_readings(&self) -> usize {
+        MAX_READINGS + self.issued_chips().len() * (1 + REFINE_ROUNDS)
+    }
 }
 
 /// The geometry under which the mark was found.
@@ -213,7 +255,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     // testing the blind serial and every known copy: a constant, so the
     // search may stop as soon as one reading clears the threshold (and a
     // leak with no lattice at all reports the same charge).
-    let hypotheses = hypotheses_charged(options.known_copies.len());
+    let hypotheses = hypotheses_charged(options);
     none.hypotheses = hypotheses;
     let prepared = sync::prepare(luma);
     // The issued geometry first (a forwarded file), unless the
@@ -350,10 +392,28 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);
     }
+    if scored.iter().all(|s| s.0 < threshold) {
+        // A crop of an issued copy at its own scale, too small to show its
+        // lattice, still has the chip of the document it came from (the
+        // issued lattice of the leak's own size was read first).
+        let leak_chip = crate::embed::chip_px_for(luma.width as u32, luma.height as u32);
+        let new: Vec<Reading> = options
+            .issued_chips()
+            .iter()
+            .filter(|&&chip| (chip / leak_chip - 1.0).abs() > PERIOD_STEP)
+            .map(|&chip| sync::upright(chip, prepared.work_scale))
+            .collect::<Vec<_>>()
+            .par_iter()
+            .flat_map_iter(|lat| readings_for(&prepared, lat, &bank))
+            .collect();
+        scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
+        readings.extend(new);
+    }
     // The charge must cover every reading scored, or p is understated.
+    let max_readings = options.max_readings();
     assert!(
-        readings.len() <= MAX_READINGS,
-        "{} readings scored, {MAX_READINGS} charged",
+        readings.len() <= max_readings,
+        "{} readings scored, {max_readings} charged",
         readings.len()
     );
     none.candidates = readings.len();
@@ -1507,8 +1567,8 @@ pub(crate) fn read_on_grid(
 /// Hypotheses [`detect_luma`] charges with `known_copies` copies in its
 /// options, fixed before it runs: a caller that may also test other
 /// hypotheses on the same leak (informed mode) adds this to its own charge.
-pub fn hypotheses_charged(known_copies: usize) -> u64 {
-    MAX_READINGS as u64 * (1 + known_copies as u64)
+pub fn hypotheses_charged(options: &DetectOptions) -> u64 {
+    options.max_readings() as u64 * (1 + options.known_copies.len() as u64)
 }
 
 #[cfg(test)]

@@ -312,9 +312,16 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
 /// clipped to white the mark survives only in the ink, and pairs of ink
 /// pixels one period apart are too rare for the autocorrelation to see it.
 pub fn as_issued(width: usize, height: usize, work_scale: f64) -> Lattice {
-    let period = crate::embed::chip_px_for(width as u32, height as u32)
-        * crate::pattern::TILE as f64
-        * work_scale;
+    upright(
+        crate::embed::chip_px_for(width as u32, height as u32),
+        work_scale,
+    )
+}
+
+/// The lattice of a tile of `chip_px`-pixel chips, axes upright, unscaled,
+/// in working pixels.
+pub fn upright(chip_px: f64, work_scale: f64) -> Lattice {
+    let period = chip_px * crate::pattern::TILE as f64 * work_scale;
     Lattice {
         u: [period, 0.0],
         v: [0.0, period],

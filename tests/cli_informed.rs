@@ -232,3 +232,40 @@ fn issue_archive_keeps_the_original_that_trace_uses_after_the_draft_changes() {
     let original = v["original"].as_str().unwrap();
     assert!(original.ends_with(&format!("{sha}.png")), "{v}");
 }
+
+#[test]
+fn trace_reads_a_small_unscaled_crop_at_the_chip_of_the_issued_document() {
+    // The original is gone (no informed mode), and a tenth of the copy is
+    // too small for its lattice to show and too small for its own size to
+    // give its chip: `trace` reads it at the chip of the document the
+    // ledger issued.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let draft = key_ledger_and_draft(dir, "pipe_tee_rev_b.png", "tee.png");
+    assert_ok(
+        &command(dir, &["issue", "tee.png", "--all", "--out", "issued"]),
+        "issue",
+    );
+    std::fs::remove_file(&draft).unwrap();
+    let copy = image::open(find_copy(&dir.join("issued"), "Alpha"))
+        .unwrap()
+        .to_rgb8();
+    let crop = Attack::Crop {
+        keep_area: 0.1,
+        cx: 0.4,
+        cy: 0.45,
+    };
+    attack::apply(&crop, &copy, 1)
+        .save(dir.join("leak.png"))
+        .unwrap();
+
+    let out = command(dir, &["trace", "--json", "leak.png"]);
+    assert_ok(&out, "trace");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["recipient"], "Alpha Plastics", "{v}");
+    assert_ne!(v["mode"], "informed", "{v}");
+    assert!(
+        v["false_alarm_probability"].as_f64().unwrap() <= 1e-12,
+        "{v}"
+    );
+}

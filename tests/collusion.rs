@@ -54,6 +54,7 @@ fn averaged_pairs_name_a_colluder_and_never_an_innocent() {
             };
             let options = DetectOptions {
                 known_copies: ledger(variant, &[a, b], t),
+                ..DetectOptions::default()
             };
             let d = detect(&key, &DynamicImage::ImageRgb8(leak), &options);
             let named = d.serial.filter(|_| d.detected);
@@ -104,6 +105,7 @@ fn ledger_informed_tracing_against_blind_decoding() {
             let blind = detect(&key, &leak, &DetectOptions::default());
             let options = DetectOptions {
                 known_copies: ledger(variant, &[serial], i as u64),
+                ..DetectOptions::default()
             };
             let informed = detect(&key, &leak, &options);
             assert!(

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::{devset, key, mark, sample, suite_channel};
 use image::{DynamicImage, Rgb, RgbImage};
 use leakmark::attack::{self, Attack};
-use leakmark::detect::{self, DetectOptions};
+use leakmark::detect::{self, DetectOptions, KnownCopy};
+use leakmark::embed::{chip_px_for, variant_for_image};
 use leakmark::informed::{detect_informed, informed_hypotheses, InformedOptions};
 use leakmark::plane::Plane;
 use leakmark::register::Registration;
@@ -231,6 +232,14 @@ fn informed_sweep_over_the_devset() {
         }
         let serial = 0x1000_0000 + index as u32 * 7919;
         let marked = mark(&k, img, serial);
+        // What `trace` knows from the ledger: the copy and its document's chip.
+        let ledger_options = DetectOptions {
+            known_copies: vec![KnownCopy {
+                variant: variant_for_image(&k, &DynamicImage::ImageRgb8(img.clone())),
+                serial,
+            }],
+            issued_chip_px: vec![chip_px_for(img.width(), img.height())],
+        };
         let (wit, points) = witness(img.width(), img.height());
         let spacing = f64::from(img.width().min(img.height())) / 10.0;
         for (a, (attack_name, attack)) in sweep_attacks().iter().enumerate() {
@@ -249,12 +258,19 @@ fn informed_sweep_over_the_devset() {
                 );
                 let inf_ok = inf.detection.detected && inf.detection.serial == Some(serial);
                 let blind_ok = blind.detected && blind.serial == Some(serial);
-                // What `trace` does: informed first, blind when that finds
-                // nothing, every hypothesis of both charged.
-                let both = informed_hypotheses(0) + detect::hypotheses_charged(0);
+                // What `trace` does: informed first, then the ledger's copies
+                // and chips when that finds nothing, every hypothesis of both
+                // charged (the ledger reading is made only when needed).
+                let both = informed_hypotheses(1) + detect::hypotheses_charged(&ledger_options);
+                let ledger_ok = || {
+                    let d =
+                        detect::detect(&k, &DynamicImage::ImageRgb8(leak.clone()), &ledger_options);
+                    d.serial == Some(serial) && false_alarm(d.score, both) <= REPORT_THRESHOLD
+                };
                 let trace_ok = (inf_ok
                     && false_alarm(inf.detection.score, both) <= REPORT_THRESHOLD)
-                    || (blind_ok && false_alarm(blind.score, both) <= REPORT_THRESHOLD);
+                    || (blind_ok && false_alarm(blind.score, both) <= REPORT_THRESHOLD)
+                    || ledger_ok();
                 let err = inf.registration.as_ref().and_then(|r| {
                     witness_error(r, &attack::apply(attack, &wit, seed), &points, spacing)
                 });

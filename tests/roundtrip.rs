@@ -9,7 +9,7 @@ mod common;
 use common::{detect, drawing, key, mark, photo, sample, suite_channel};
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use leakmark::attack::{self, Attack, Fill};
-use leakmark::detect::{DetectOptions, Detection};
+use leakmark::detect::{DetectOptions, Detection, KnownCopy};
 use leakmark::embed::{embed, variant_for_image, MIN_SHORT_SIDE};
 use leakmark::plane::Plane;
 use leakmark::stats::{self, REPORT_THRESHOLD};
@@ -552,4 +552,45 @@ fn tiny_leak_is_too_small_to_decide() {
     assert!(d.too_small, "{d:?}");
     assert!(!d.detected);
     assert_eq!(d.serial, None);
+}
+
+#[test]
+fn an_unscaled_crop_too_small_for_its_lattice_is_read_at_the_chip_the_ledger_knows() {
+    // A tenth of the pipe-tee sample's area (about 520 × 340 px, 1.3 tiles
+    // across): its autocorrelation shows no lattice, and its own size gives
+    // the smallest chip, not the 3.8 px its document was marked with. With
+    // the ledger's chip sizes (`trace` passes those of every issued
+    // document) it is read, the extra lattices charged.
+    let k = key(3);
+    let draft = sample("pipe_tee_rev_b.png");
+    let serial = 0x0bad_cafe;
+    let marked = mark(&k, &draft, serial);
+    let leak = DynamicImage::ImageRgb8(attack::apply(
+        &Attack::Crop {
+            keep_area: 0.1,
+            cx: 0.4,
+            cy: 0.45,
+        },
+        &marked,
+        1,
+    ));
+    let variant = variant_for_image(&k, &DynamicImage::ImageRgb8(draft.clone()));
+    let copies = vec![KnownCopy { variant, serial }];
+    let chip = leakmark::embed::chip_px_for(draft.width(), draft.height());
+    let without = DetectOptions {
+        known_copies: copies.clone(),
+        ..DetectOptions::default()
+    };
+    let with = DetectOptions {
+        known_copies: copies,
+        // Two other documents' chips, one a near-duplicate of this one's.
+        issued_chip_px: vec![4.6, chip, chip * 1.005, 3.0],
+    };
+    let before = leakmark::detect::detect(&k, &leak, &without);
+    let after = leakmark::detect::detect(&k, &leak, &with);
+    println!("without chips: {before:?}\nwith: {after:?}");
+    assert!(!before.detected, "{before:?}");
+    assert_names(&after, serial, "crop 10 % with the ledger's chips");
+    // 58 readings, and three per distinct issued chip (4.6, 3.8 and 3.0).
+    assert_eq!(after.hypotheses, before.hypotheses / 58 * (58 + 3 * 3));
 }

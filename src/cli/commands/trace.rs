@@ -14,6 +14,7 @@
 //! finds nothing. Every hypothesis of both modes is charged in every
 //! reported probability.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -46,7 +47,7 @@ pub fn run(
     let mut evidence = report_dir.map(EvidenceDir::create).transpose()?;
     let files = output::expand_inputs(inputs)?;
     let known = ledger.issued_copies(true)?;
-    let options = detect_options(&known);
+    let options = detect_options(&ledger, &known)?;
     let limits = ctx.limits();
     let (originals, notes) = load_originals(&ledger, &known, originals_dir, &limits)?;
     let bar = output::progress(files.len(), PROGRESS_MIN_FILES, "tracing");
@@ -112,7 +113,7 @@ pub fn trace_one(
     limits: &LoadLimits,
 ) -> anyhow::Result<Report> {
     let known = ledger.issued_copies(true)?;
-    let options = detect_options(&known);
+    let options = detect_options(ledger, &known)?;
     let (originals, _) = load_originals(ledger, &known, None, limits)?;
     let leak = output::guarded(|| trace_file(key, path, limits, &options, &originals))?;
     let report = Report::build(ledger, leak.detection, known.len(), leak.informed)?;
@@ -122,8 +123,17 @@ pub fn trace_one(
 }
 
 #[allow(clippy::needless_update)] // The detector may grow options; keep their defaults.
-fn detect_options(known: &[IssuedCopy]) -> DetectOptions {
-    DetectOptions {
+fn detect_options(ledger: &Ledger, known: &[IssuedCopy]) -> anyhow::Result<DetectOptions> {
+    // The chip of every document a copy was issued from, so that an
+    // unscaled crop of a copy is read at its document's chip.
+    let issued_docs: HashSet<_> = known.iter().map(|c| c.document_id).collect();
+    let issued_chip_px: Vec<f64> = ledger
+        .documents()?
+        .iter()
+        .filter(|d| issued_docs.contains(&d.id))
+        .map(|d| chip_px_for(d.width, d.height))
+        .collect();
+    Ok(DetectOptions {
         known_copies: known
             .iter()
             .map(|c| KnownCopy {
@@ -131,8 +141,9 @@ fn detect_options(known: &[IssuedCopy]) -> DetectOptions {
                 serial: c.serial,
             })
             .collect(),
+        issued_chip_px,
         ..DetectOptions::default()
-    }
+    })
 }
 
 /// What the worker found in one leak.
@@ -342,7 +353,7 @@ fn trace_luma(
             .map(|&(_, i)| picked[i])
             .collect();
     }
-    let blind = detect::hypotheses_charged(options.known_copies.len());
+    let blind = detect::hypotheses_charged(options);
     let informed_total: u64 = picked
         .iter()
         .map(|o| informed::informed_hypotheses(o.copies.len()))

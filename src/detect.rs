@@ -58,8 +58,9 @@ pub struct DetectOptions {
     /// else decides, each is read as an upright lattice at the leak's own
     /// scale: an unscaled crop of an issued copy (a screenshot at 100 %) too
     /// small for its autocorrelation to show the lattice. Sizes within
-    /// [`PERIOD_STEP`] of each other count once, at most
-    /// [`MAX_ISSUED_CHIPS`] are read, and each is charged.
+    /// [`PERIOD_STEP`] of each other count once; a crop's chip is never
+    /// smaller than its own size gives, so only larger sizes are read, at
+    /// most [`MAX_ISSUED_CHIPS`] (the smallest), each charged.
     pub issued_chip_px: Vec<f64>,
 }
 
@@ -67,9 +68,8 @@ pub struct DetectOptions {
 pub const MAX_ISSUED_CHIPS: usize = 16;
 
 impl DetectOptions {
-    /// The distinct issued chip sizes read, smallest first: a size counts
-    /// once within [`PERIOD_STEP`] (the fold tolerates that much), and past
-    /// [`MAX_ISSUED_CHIPS`] the rest are left out.
+    /// The distinct issued chip sizes, smallest first: a size counts once
+    /// within [`PERIOD_STEP`] (the fold tolerates that much).
     fn issued_chips(&self) -> Vec<f64> {
         let mut sizes: Vec<f64> = self
             .issued_chip_px
@@ -87,13 +87,12 @@ impl DetectOptions {
                 out.push(c);
             }
         }
-        out.truncate(MAX_ISSUED_CHIPS);
         out
     }
 
     /// The most readings one detection with these options can evaluate.
     fn max_readings(&self) -> usize {
-        MAX_READINGS + self.issued_chips().len() * (1 + REFINE_ROUNDS)
+        MAX_READINGS + self.issued_chips().len().min(MAX_ISSUED_CHIPS) * (1 + REFINE_ROUNDS)
     }
 }
 
@@ -394,13 +393,15 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     }
     if scored.iter().all(|s| s.0 < threshold) {
         // A crop of an issued copy at its own scale, too small to show its
-        // lattice, still has the chip of the document it came from (the
-        // issued lattice of the leak's own size was read first).
+        // lattice, still has the chip of the document it came from, which
+        // is larger than the one its own size gives (that one was read
+        // first, as the issued lattice).
         let leak_chip = crate::embed::chip_px_for(luma.width as u32, luma.height as u32);
         let new: Vec<Reading> = options
             .issued_chips()
             .iter()
-            .filter(|&&chip| (chip / leak_chip - 1.0).abs() > PERIOD_STEP)
+            .filter(|&&chip| chip > leak_chip * (1.0 + PERIOD_STEP))
+            .take(MAX_ISSUED_CHIPS)
             .map(|&chip| sync::upright(chip, prepared.work_scale))
             .collect::<Vec<_>>()
             .par_iter()
@@ -1564,9 +1565,10 @@ pub(crate) fn read_on_grid(
     best
 }
 
-/// Hypotheses [`detect_luma`] charges with `known_copies` copies in its
-/// options, fixed before it runs: a caller that may also test other
-/// hypotheses on the same leak (informed mode) adds this to its own charge.
+/// Hypotheses [`detect_luma`] charges with these options (their known
+/// copies and issued chip sizes), fixed before it runs: a caller that may
+/// also test other hypotheses on the same leak (informed mode) adds this to
+/// its own charge.
 pub fn hypotheses_charged(options: &DetectOptions) -> u64 {
     options.max_readings() as u64 * (1 + options.known_copies.len() as u64)
 }
@@ -1574,6 +1576,35 @@ pub fn hypotheses_charged(options: &DetectOptions) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_chip_sizes_count_once_within_a_period_step_and_their_charge_is_capped() {
+        let options = DetectOptions {
+            known_copies: vec![KnownCopy {
+                variant: 0,
+                serial: 1,
+            }],
+            issued_chip_px: vec![4.04, 3.0, 5.0, f64::NAN, 3.02, 4.0, -1.0],
+        };
+        assert_eq!(options.issued_chips(), vec![3.0, 4.0, 5.0]);
+        assert_eq!(
+            hypotheses_charged(&options),
+            2 * (MAX_READINGS + 3 * (1 + REFINE_ROUNDS)) as u64
+        );
+        let many = DetectOptions {
+            issued_chip_px: (0..40).map(|i| 3.0 * 1.05f64.powi(i)).collect(),
+            ..DetectOptions::default()
+        };
+        assert_eq!(many.issued_chips().len(), 40);
+        assert_eq!(
+            hypotheses_charged(&many),
+            (MAX_READINGS + MAX_ISSUED_CHIPS * (1 + REFINE_ROUNDS)) as u64
+        );
+        assert_eq!(
+            hypotheses_charged(&DetectOptions::default()),
+            MAX_READINGS as u64
+        );
+    }
 
     #[test]
     fn a_tilt_fixes_the_leak_centre_and_its_inverse_undoes_it() {

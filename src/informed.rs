@@ -20,11 +20,11 @@
 //! None of these looks at the verify chips, which come from their own key
 //! stream per serial (see [`crate::stats`]). So for each serial scored,
 //! under "this copy's mark is not in the leak" the verify chips are i.i.d.
-//! ±1 independent of the folded residual and Hoeffding's bound holds. Each
-//! reading scores the blind serial and every known copy of the document;
-//! the charge is [`INFORMED_READINGS`] × (1 + copies), plus whatever other
-//! hypotheses the caller says it tests on the same leak
-//! ([`InformedOptions::extra_hypotheses`]).
+//! ±1 independent of the folded residual and the tail bound of
+//! [`crate::stats`] holds. Each reading scores the blind serial and every
+//! known copy of the document; the charge is [`INFORMED_READINGS`] ×
+//! (1 + copies), plus whatever other hypotheses the caller says it tests on
+//! the same leak ([`InformedOptions::extra_hypotheses`]).
 
 use image::DynamicImage;
 

@@ -355,14 +355,12 @@ fn null_cases_never_detect() {
 
     println!();
     println!("  verify score tail (score = best over the readings of a case)");
-    println!(
-        "  | t | cases with score >= t | empirical | mean of min(1, H exp(-t^2/2)) | exp(-t^2/2) |"
-    );
+    println!("  | t | cases with score >= t | empirical | mean of min(1, H tail(t)) | tail(t) |");
     println!("  |---|---|---|---|---|");
     for &t in &SCORE_LEVELS {
         let count = outcomes.iter().filter(|o| o.score >= t).count();
         let empirical = count as f64 / n;
-        let single = (-0.5 * t * t).exp();
+        let single = leakmark::stats::ln_tail(t).exp();
         let bound = outcomes
             .iter()
             .map(|o| (o.hypotheses.max(1) as f64 * single).min(1.0))

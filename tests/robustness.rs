@@ -57,11 +57,11 @@ const FLOORS: &[(&str, f64)] = &[
     ("grayscale", 0.9),                    // measured 10/10
     ("stamp-10", 0.9),                     // measured 10/10
     ("screenshot", 0.9),                   // measured 10/10
-    ("screen-camera", 0.4), // measured 5/10 (activity-weighted residual, Nov 24), 4/10 with the drift-free tile
-    ("print-scan", 0.2),    // measured 3/10 (SSIM-capped mark, Nov 23)
+    ("screen-camera", 0.6), // measured 8/10 with the flattened spectrum (e040abd), 3/10 before
+    ("print-scan", 0.6),    // measured 8/10 (e040abd), 3/10 on Nov 23
     ("crop50+rotate5+jpeg60", 0.8), // measured 9/10 (SSIM-capped mark, Nov 23)
     ("scale0.5+jpeg50", 0.6), // measured 7/10 (drift-free tile, Nov 24): a JPEG after a downscale meets the mark at twice its frequency
-    ("scale0.5+rotate30+jpeg50", 0.3), // measured 4/10 (drift-free tile, Nov 24)
+    ("scale0.5+rotate30+jpeg50", 0.7), // measured 9/10 with the flattened spectrum (e040abd), 7/10 before
     ("perspective0.08+blur1+jpeg70", 0.7), // measured 9/10, 8/10 without the JPEG-grid rejection (Nov 24)
 ];
 

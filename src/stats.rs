@@ -42,10 +42,11 @@
 //!
 //! Each (geometric candidate × serial) pair whose verify statistic may be
 //! evaluated is one hypothesis; the reported probability is the union bound
-//! `min(1, H · tail(z))`, tail being the bound above. H counts the most geometric readings the search
-//! can ever make (every lattice candidate, its perspective refinements and
-//! the perspective starts), not only those it made before stopping, so
-//! stopping early at a clear answer costs nothing in soundness. Blind decoding evaluates one serial per geometric
+//! `min(1, H · tail(z))`, tail being the bound above. H counts the most
+//! geometric readings the search can ever make (every lattice candidate,
+//! its perspective refinements and the perspective starts), not only those
+//! it made before stopping, so stopping early at a clear answer costs
+//! nothing in soundness. Blind decoding evaluates one serial per geometric
 //! candidate (the one the data chips decode to); the ledger-informed mode
 //! evaluates every issued copy on every candidate. A recipient is reported
 //! only when this probability is at most [`REPORT_THRESHOLD`].

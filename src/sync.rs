@@ -161,10 +161,10 @@ const FLATTEN_RADIUS: usize = 8;
 /// through them was drowned. Taming them before the fold lifts the mark
 /// wherever it sits. A fixed linear filter of the leak alone: the verify
 /// chips stay independent of it, so the bound of [`crate::stats`] is
-/// untouched. Robustness suite (key 42, seed 6, 24 Nov): 361 → 368 of 380,
-/// none lost (screen-camera 3 → 7, scale ½ + JPEG 50 6 → 8, scale ½ +
-/// rotation 30° + JPEG 50 8 → 9); full whitening (power ½) 36 of the 50
-/// cases of those five channels against 40, power ¼ and ⅜ 39 and 40.
+/// untouched. Robustness suite (24 Nov): 363 → 371 of 380, none lost
+/// (screen-camera 3 → 8, scale ½ + JPEG 50 7 → 8, scale ½ + rotation 30° +
+/// JPEG 50 7 → 9); on five hard channels of the dev harness (50 cases)
+/// full whitening (power ½) read 36 against 40 for power ¼ and ⅜.
 ///
 /// On top of that, a bin whose averaged power stands above the median of its
 /// ring (the bins at the same frequency, every direction) loses the excess
@@ -173,9 +173,9 @@ const FLATTEN_RADIUS: usize = 8;
 /// grid) or the channel's: the moiré of a screen photographed at about one
 /// display pixel per image pixel, which beats at ~9 px and, under the
 /// photo's perspective, spreads over a band the local averaging cannot
-/// tame. Robustness suite, key 42 seed 6 / key 7 seed 7 / key 3 seed 11:
-/// 368 / 362 / 362 → 368 / 364 / 367; screen-camera over seeds 4, 7 and 8
-/// (display pitch 0.95–1.03) 1 → 8 of 30.
+/// tame. Dev harness (`examples/suite2`), key 42 seed 6 / key 7 seed 7 /
+/// key 3 seed 11: 368 / 362 / 362 → 368 / 364 / 367 of 380; screen-camera
+/// over seeds 4, 7 and 8 (display pitch 0.95–1.03) 1 → 8 of 30.
 fn flatten_spectrum(residual: &Plane) -> Plane {
     let (rw, rh) = (residual.width, residual.height);
     // A margin of zeros keeps opposite borders from leaking into each other.

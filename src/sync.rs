@@ -173,9 +173,10 @@ const FLATTEN_RADIUS: usize = 8;
 /// grid) or the channel's: the moiré of a screen photographed at about one
 /// display pixel per image pixel, which beats at ~9 px and, under the
 /// photo's perspective, spreads over a band the local averaging cannot
-/// tame. Dev harness (`examples/suite2`), key 42 seed 6 / key 7 seed 7 /
-/// key 3 seed 11: 368 / 362 / 362 → 368 / 364 / 367 of 380; screen-camera
-/// over seeds 4, 7 and 8 (display pitch 0.95–1.03) 1 → 8 of 30.
+/// tame. The suite's channels under key 42 seed 6 / key 7 seed 7 / key 3
+/// seed 11 (a dev harness with its own serials): 368 / 362 / 362 → 368 /
+/// 364 / 367 of 380; screen-camera over seeds 4, 7 and 8 (display pitch
+/// 0.95–1.03) 1 → 8 of 30.
 fn flatten_spectrum(residual: &Plane) -> Plane {
     let (rw, rh) = (residual.width, residual.height);
     // A margin of zeros keeps opposite borders from leaking into each other.

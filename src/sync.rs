@@ -508,18 +508,11 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
     if ring.len() < 16 {
         return Vec::new();
     }
-    ring.sort_by(|a, b| a.total_cmp(b));
-    let median = ring[ring.len() / 2];
-    let mad = ring
-        .iter()
-        .map(|v| (v - median).abs())
-        .fold(Vec::new(), |mut acc, v| {
-            acc.push(v);
-            acc
-        });
-    let mut mad = mad;
-    mad.sort_by(|a, b| a.total_cmp(b));
-    let sigma = (1.4826 * mad[mad.len() / 2]).max(1e-9);
+    let mid = ring.len() / 2;
+    let median = *ring.select_nth_unstable_by(mid, f32::total_cmp).1;
+    let mut deviations: Vec<f32> = ring.iter().map(|v| (v - median).abs()).collect();
+    let mad = *deviations.select_nth_unstable_by(mid, f32::total_cmp).1;
+    let sigma = (1.4826 * mad).max(1e-9);
     let z = |dx: isize, dy: isize| ((at(dx, dy) - median) / sigma) as f64;
 
     // Local maxima in the upper half plane.

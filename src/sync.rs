@@ -196,10 +196,12 @@ fn flatten_spectrum(residual: &Plane) -> Plane {
     let mean_power = power.data.iter().sum::<f32>() / power.data.len() as f32;
     let floor = 1e-3 * mean_power + f32::MIN_POSITIVE;
     // The spectrum is transposed: bin i holds kx = i / h, ky = i % h.
-    let ring = |i: usize| ring_of(i / h, i % h, w, h);
+    let rings: Vec<usize> = (0..power.data.len())
+        .map(|i| ring_of(i / h, i % h, w, h))
+        .collect();
     let mut by_ring: Vec<Vec<f32>> = vec![Vec::new(); FLATTEN_RINGS];
-    for (i, &p) in power.data.iter().enumerate() {
-        by_ring[ring(i)].push(p);
+    for (&ring, &p) in rings.iter().zip(&power.data) {
+        by_ring[ring].push(p);
     }
     let ring_median: Vec<f32> = by_ring
         .into_iter()
@@ -214,9 +216,9 @@ fn flatten_spectrum(residual: &Plane) -> Plane {
     spectrum
         .par_iter_mut()
         .zip(&power.data)
-        .enumerate()
-        .for_each(|(i, (c, &p))| {
-            let above_ring = ((ring_median[ring(i)] + floor) / (p + floor)).min(1.0);
+        .zip(&rings)
+        .for_each(|((c, &p), &ring)| {
+            let above_ring = ((ring_median[ring] + floor) / (p + floor)).min(1.0);
             *c *= (p + floor).sqrt().sqrt().recip() * above_ring.sqrt();
         });
     let out = fft.inverse_from_transposed(&mut spectrum);
@@ -922,18 +924,7 @@ mod tests {
         // A weak ±1 pattern (what the fold reads) under strong noise confined
         // to a few frequencies (what JPEG blocks or a screen grid leave).
         let (w, h) = (240usize, 200usize);
-        let mut state = 0x2545_f491_u32;
-        let mut bit = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            if state & 1 == 1 {
-                1.0f32
-            } else {
-                -1.0
-            }
-        };
-        let pattern: Vec<f32> = (0..w * h).map(|_| bit()).collect();
+        let pattern = xorshift_signs(w * h);
         let waves = [
             (8.0f32, 0.0f32, 0.3f32),
             (7.5, 1.0, 1.1),
@@ -1022,10 +1013,10 @@ mod tests {
         );
     }
 
-    /// A residual repeating a random 114 × 114 px tile, as left by a mark.
-    fn periodic_residual(width: usize, height: usize, period: usize) -> Plane {
+    /// `n` reproducible ±1 values (xorshift32), for synthetic residuals.
+    fn xorshift_signs(n: usize) -> Vec<f32> {
         let mut state = 0x2545_f491_u32;
-        let tile: Vec<f32> = (0..period * period)
+        (0..n)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 17;
@@ -1036,7 +1027,12 @@ mod tests {
                     -1.0
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// A residual repeating a random 114 × 114 px tile, as left by a mark.
+    fn periodic_residual(width: usize, height: usize, period: usize) -> Plane {
+        let tile = xorshift_signs(period * period);
         let data = (0..width * height)
             .map(|i| tile[(i / width % period) * period + i % width % period])
             .collect();

@@ -311,6 +311,21 @@ fn similar_mean(plane: &Plane, r: usize, t: f32) -> Plane {
 /// Autocorrelation of the residual with a flattened spectrum, as a centred
 /// plane (lag (0,0) at the centre), normalised to 1 at lag 0.
 fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
+    let (mut acfs, w, h) = whitened_autocorrelations(residual, grid_px, &[0.0]);
+    (acfs.pop().expect("one blur asked"), w, h)
+}
+
+/// [`whitened_autocorrelation`] blurred by a Gaussian of each σ in `sigmas`
+/// (working pixels), each normalised to 1 at lag 0 before its blur. The blur
+/// is a weight on the spectrum, applied before the inverse transform: the
+/// same as blurring the plane (up to the kernel's truncation and the far
+/// lags' wrap-around), for no more than the inverse each needs anyway (it
+/// was a tenth of the perspective search's time as a convolution).
+fn whitened_autocorrelations(
+    residual: &Plane,
+    grid_px: f64,
+    sigmas: &[f32],
+) -> (Vec<Plane>, usize, usize) {
     // Zero padding by half the size lets lags reach 3/4 of the short side
     // without wrapping: a quarter-area crop may hold barely two periods.
     let (w, h) = (
@@ -386,8 +401,56 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
             *c = Complex32::new(flat, 0.0);
         }
     }
-    let buf = fft.inverse_from_transposed(&mut spectrum);
-    let zero = buf[0].max(1e-12);
+    // Lag 0 is the spectrum's sum (the inverse is unnormalised): the half spectrum's inner columns stand
+    // for two (kx and w − kx), the first and, for an even width, the last for one.
+    let half = fft.half_width();
+    let zero = spectrum
+        .chunks(h)
+        .enumerate()
+        .map(|(fx, col)| {
+            let twice = fx != 0 && !(w % 2 == 0 && fx == half - 1);
+            let sum: f32 = col.iter().map(|c| c.re).sum();
+            if twice {
+                2.0 * sum
+            } else {
+                sum
+            }
+        })
+        .sum::<f32>()
+        .max(1e-12);
+    // exp(−2π²σ²f²), f in cycles per pixel: a Gaussian's transform.
+    let gaussian = |sigma: f32, n: usize, len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|k| {
+                let f = k.min(n - k) as f32 / n as f32;
+                (-2.0 * (std::f32::consts::PI * sigma * f).powi(2)).exp()
+            })
+            .collect()
+    };
+    let blurred = |mut spectrum: Vec<Complex32>, sigma: f32| -> Plane {
+        if sigma > 0.0 {
+            let (gx, gy) = (gaussian(sigma, w, half), gaussian(sigma, h, h));
+            for (col, &wx) in spectrum.chunks_mut(h).zip(&gx) {
+                for (c, &wy) in col.iter_mut().zip(&gy) {
+                    *c *= wx * wy;
+                }
+            }
+        }
+        centre_lags(&fft.inverse_from_transposed(&mut spectrum), w, h, zero)
+    };
+    let acfs = match sigmas {
+        [sigma] => vec![blurred(spectrum, *sigma)],
+        _ => sigmas
+            .par_iter()
+            .map(|&sigma| blurred(spectrum.clone(), sigma))
+            .collect(),
+    };
+    (acfs, w, h)
+}
+
+/// The inverse transform's `w` × `h` lags, (0, 0) first and wrapped, as a
+/// plane with lag (0, 0) at the centre, divided by `zero`.
+fn centre_lags(buf: &[f32], w: usize, h: usize, zero: f32) -> Plane {
     let mut centred = Plane::filled(w, h, 0.0);
     for (y, row) in buf.chunks(w).enumerate() {
         let cy = (y + h / 2) % h;
@@ -402,7 +465,7 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
             *o = c / zero;
         }
     }
-    (centred, w, h)
+    centred
 }
 
 /// The lattice of the copy as it was issued, seen in a leak of
@@ -440,10 +503,10 @@ pub fn upright(chip_px: f64, work_scale: f64) -> Lattice {
 /// lists are interleaved (sharpest first), so the number of candidates,
 /// and so the charge, stays [`MAX_CANDIDATES`].
 pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
-    let (acf, w, h) = whitened_autocorrelation(&prepared.residual, grid_px(prepared));
-    let mut lists: Vec<std::vec::IntoIter<Lattice>> = ACF_BLURS
+    let (acfs, w, h) = whitened_autocorrelations(&prepared.residual, grid_px(prepared), &ACF_BLURS);
+    let mut lists: Vec<std::vec::IntoIter<Lattice>> = acfs
         .par_iter()
-        .map(|&sigma| search(&acf.gaussian(sigma), w, h, prepared))
+        .map(|acf| search(acf, w, h, prepared, MIN_PERIOD_PX))
         .collect::<Vec<_>>()
         .into_iter()
         .map(Vec::into_iter)
@@ -472,13 +535,24 @@ pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
 /// nothing on the robustness suite.
 const ACF_BLURS: [f32; 2] = [0.0, 1.0];
 
-/// [`lattices`] from an autocorrelation blurred by `sigma` working pixels:
-/// under perspective the lattice's scale drifts across the leak, so its
-/// autocorrelation peaks smear by lag × drift; blurring gathers them again
-/// (the windows of the perspective fit then make the frame exact).
-pub fn lattices_blurred(prepared: &Prepared, sigma: f32) -> Vec<Lattice> {
-    let (acf, w, h) = whitened_autocorrelation(&prepared.residual, grid_px(prepared));
-    search(&acf.gaussian(sigma), w, h, prepared)
+/// [`lattices`] from an autocorrelation blurred by `sigma` pixels of
+/// `prepared`: under perspective the lattice's scale drifts across the leak,
+/// so its autocorrelation peaks smear by lag × drift; blurring gathers them
+/// again (the windows of the perspective fit then make the frame exact).
+///
+/// `prepared` may be the working residual shrunk by `decimation` (its
+/// `work_scale` divided too): periods are searched down to the same length
+/// in working pixels, and the lattices are returned in working pixels.
+pub fn lattices_blurred(prepared: &Prepared, sigma: f32, decimation: f64) -> Vec<Lattice> {
+    let (acfs, w, h) = whitened_autocorrelations(&prepared.residual, grid_px(prepared), &[sigma]);
+    search(&acfs[0], w, h, prepared, MIN_PERIOD_PX / decimation)
+        .into_iter()
+        .map(|l| Lattice {
+            u: scale(l.u, decimation),
+            v: scale(l.v, decimation),
+            ..l
+        })
+        .collect()
 }
 
 /// A JPEG block grid, in working pixels, when JPEG was the leak's last step.
@@ -487,11 +561,11 @@ fn grid_px(prepared: &Prepared) -> f64 {
 }
 
 /// Lattice candidates from a centred autocorrelation (`w` × `h`, padded).
-fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> {
+fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64) -> Vec<Lattice> {
     let r = &prepared.residual;
     let (cx, cy) = ((w / 2) as isize, (h / 2) as isize);
     let max_lag = (r.width.min(r.height) as f64 * 0.7).min(w.min(h) as f64 / 2.0 - 2.0);
-    if max_lag <= MIN_PERIOD_PX {
+    if max_lag <= min_period {
         return Vec::new();
     }
     let at = |dx: isize, dy: isize| acf.at_clamped(cx + dx, cy + dy);
@@ -499,10 +573,14 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
     // Robust background level over the searched annulus.
     let mut ring = Vec::new();
     let step = 2;
+    // Squared lengths: a square root per lag was most of this function's time.
+    let in_annulus = |dx: isize, dy: isize| {
+        let len2 = (dx * dx + dy * dy) as f64;
+        len2 >= min_period * min_period && len2 <= max_lag * max_lag
+    };
     for dy in (0..=max_lag as isize).step_by(step) {
         for dx in (-(max_lag as isize)..=max_lag as isize).step_by(step) {
-            let len = ((dx * dx + dy * dy) as f64).sqrt();
-            if len >= MIN_PERIOD_PX && len <= max_lag {
+            if in_annulus(dx, dy) {
                 ring.push(at(dx, dy));
             }
         }
@@ -525,8 +603,7 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
             if dy == 0 && dx <= 0 {
                 continue;
             }
-            let len = ((dx * dx + dy * dy) as f64).sqrt();
-            if len < MIN_PERIOD_PX || len > max_lag {
+            if !in_annulus(dx, dy) {
                 continue;
             }
             let v = at(dx, dy);
@@ -574,7 +651,7 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
                 }
                 let p = add(scale(u, f64::from(k)), scale(v, f64::from(l)));
                 let len = norm(p);
-                if len >= MIN_PERIOD_PX && len <= max_lag {
+                if len >= min_period && len <= max_lag {
                     total += lattice_z(p).min(12.0) - Z_EMPTY;
                 }
             }
@@ -585,7 +662,7 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
     for &(_, px, py) in &peaks {
         for div in [1.0, 2.0, 3.0] {
             let p = [px as f64 / div, py as f64 / div];
-            if norm(p) >= MIN_PERIOD_PX {
+            if norm(p) >= min_period {
                 vectors.push(p);
             }
         }
@@ -595,7 +672,7 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
         for &b in vectors.iter().skip(i + 1) {
             let Some((u, v)) = reduce(a, b) else { continue };
             let (lu, lv) = (norm(u), norm(v));
-            if lu < MIN_PERIOD_PX || lv > max_lag || lv / lu > 1.6 {
+            if lu < min_period || lv > max_lag || lv / lu > 1.6 {
                 continue;
             }
             let sin = cross(u, v).abs() / (lu * lv);
@@ -639,7 +716,7 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared) -> Vec<Lattice> 
             let Some((nu, nv)) = reduce(a, b) else {
                 continue;
             };
-            if norm(nu) < MIN_PERIOD_PX || norm(nv) > max_lag {
+            if norm(nu) < min_period || norm(nv) > max_lag {
                 continue;
             }
             let lat = Lattice {
@@ -1072,12 +1149,58 @@ mod tests {
             (norm(l.u) - period as f64).abs() < 2.0 && (norm(l.v) - period as f64).abs() < 2.0
         };
         assert!(
-            !lattices_blurred(&prepared, 0.0).iter().take(2).any(is_true),
+            !lattices_blurred(&prepared, 0.0, 1.0)
+                .iter()
+                .take(2)
+                .any(is_true),
             "the sharp search alone should miss it (raise NOISE)"
         );
         let found = lattices(&prepared);
         assert!(found.iter().take(2).any(is_true), "{found:?}");
     }
+    #[test]
+    fn the_spectral_blur_of_the_autocorrelation_is_the_spatial_one() {
+        let residual = periodic_residual(300, 200, 50);
+        let (sharp, w, h) = whitened_autocorrelation(&residual, 8.0);
+        let (blurred, ..) = whitened_autocorrelations(&residual, 8.0, &[1.5]);
+        let spatial = sharp.gaussian(1.5);
+        assert!((sharp.data[h / 2 * w + w / 2] - 1.0).abs() < 1e-4);
+        let peak = spatial.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // Away from the far lags, where the transform wraps and the plane clamps.
+        let worst = (h / 4..3 * h / 4)
+            .flat_map(|y| (w / 4..3 * w / 4).map(move |x| y * w + x))
+            .map(|i| (blurred[0].data[i] - spatial.data[i]).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 0.01 * peak, "{worst} of {peak}");
+    }
+
+    #[test]
+    fn a_halved_residual_gives_its_lattice_in_working_pixels_down_to_the_shortest_period() {
+        for period in [40usize, 114] {
+            let full = periodic_residual(640, 480, period);
+            let prepared = Prepared {
+                residual: full.resize_area(320, 240),
+                work_scale: 0.5,
+            };
+            let is_true = |l: &Lattice| {
+                (norm(l.u) - period as f64).abs() < 2.0 && (norm(l.v) - period as f64).abs() < 2.0
+            };
+            let found = lattices_blurred(&prepared, 0.5, 2.0);
+            assert!(
+                found.iter().take(2).any(is_true),
+                "period {period}: {found:?}"
+            );
+            if period < 2 * MIN_PERIOD_PX as usize {
+                // Half the period is shorter than the search would go undecimated.
+                let halved = |l: &Lattice| {
+                    (2.0 * norm(l.u) - period as f64).abs() < 2.0
+                        && (2.0 * norm(l.v) - period as f64).abs() < 2.0
+                };
+                assert!(!lattices_blurred(&prepared, 0.5, 1.0).iter().any(halved));
+            }
+        }
+    }
+
     #[test]
     fn a_lattice_is_found_in_a_leak_shrunk_more_than_sevenfold() {
         // Regression: an 8700 × 5800 marked scan (work scale 0.118, JPEG grid

@@ -1182,7 +1182,8 @@ impl SyncBank {
 /// in the imaginary part.
 struct SyncPair {
     variants: Vec<u32>,
-    combined: Vec<Complex32>,
+    /// Real and imaginary parts of `a + i·b`, apart so that the product loop vectorises.
+    combined: [Vec<f32>; 2],
     /// `|a|²` and `|b|²` per bin (zero for a missing `b`), for Parseval.
     power: [Vec<f32>; 2],
 }
@@ -1193,13 +1194,16 @@ impl SyncPair {
         let a = parts[0].1;
         let power = |t: &[Complex32]| t.iter().map(|c| c.norm_sqr()).collect();
         let i = Complex32::new(0.0, 1.0);
-        let (combined, power_b) = match parts.get(1) {
+        let (combined, power_b): (Vec<Complex32>, Vec<f32>) = match parts.get(1) {
             Some(&(_, b)) => (a.iter().zip(b).map(|(a, b)| a + i * b).collect(), power(b)),
             None => (a.to_vec(), vec![0.0; a.len()]),
         };
         SyncPair {
             variants: parts.iter().map(|p| p.0).collect(),
-            combined,
+            combined: [
+                combined.iter().map(|c| c.re).collect(),
+                combined.iter().map(|c| c.im).collect(),
+            ],
             power: [power(a), power_b],
         }
     }
@@ -1235,6 +1239,7 @@ fn align(folded: &[f32], pairs: &[SyncPair], only_dihedral: Option<usize>) -> Op
             .map(|v| Complex32::new(v, 0.0))
             .collect();
         fft.forward_transposed(&mut spec);
+        let spec = SplitSpectrum::new(&spec);
         for pair in pairs {
             let moments = correlation_spectrum(&spec, pair, &mut corr);
             fft.inverse_from_transposed(&mut corr);
@@ -1260,39 +1265,63 @@ fn align(folded: &[f32], pairs: &[SyncPair], only_dihedral: Option<usize>) -> Op
     best
 }
 
+/// A folded tile's spectrum split into real and imaginary parts, with its
+/// power per bin: computed once per flip, read once per template pair.
+struct SplitSpectrum {
+    re: Vec<f32>,
+    im: Vec<f32>,
+    power: Vec<f32>,
+}
+
+impl SplitSpectrum {
+    fn new(spec: &[Complex32]) -> Self {
+        SplitSpectrum {
+            re: spec.iter().map(|c| c.re).collect(),
+            im: spec.iter().map(|c| c.im).collect(),
+            power: spec.iter().map(|c| c.norm_sqr()).collect(),
+        }
+    }
+}
+
 /// Writes into `out` the spectrum of the correlations of `spec` with the
 /// pair's sync templates (the second in the imaginary part) and returns the
 /// mean and mean square of each correlation over all shifts. By Parseval,
 /// these come from the spectrum (DC bin; energy) and need no pass over the
 /// result.
 fn correlation_spectrum(
-    spec: &[Complex32],
+    spec: &SplitSpectrum,
     pair: &SyncPair,
     out: &mut Vec<Complex32>,
 ) -> [(f64, f64); 2] {
-    out.resize(spec.len(), Complex32::new(0.0, 0.0));
+    out.clear();
+    let [c_re, c_im] = &pair.combined;
+    // The complex product from split parts (interleaved, the loop did not vectorise).
+    out.extend(
+        spec.re
+            .iter()
+            .zip(&spec.im)
+            .zip(c_re.iter().zip(c_im))
+            .map(|((&a, &b), (&c, &d))| Complex32::new(a * c - b * d, a * d + b * c)),
+    );
     let mut energy = [0.0f64; 2];
     // Eight independent f32 sums per run (so the loop vectorises), f64
     // across runs (so 16,384 bins lose no precision that matters).
     const LANES: usize = 8;
     const RUN: usize = 32 * LANES;
     let [power_a, power_b] = &pair.power;
-    let runs = out
-        .chunks_mut(RUN)
-        .zip(spec.chunks(RUN).zip(pair.combined.chunks(RUN)))
+    let runs = spec
+        .power
+        .chunks(RUN)
         .zip(power_a.chunks(RUN).zip(power_b.chunks(RUN)));
-    for ((o, (s, c)), (pa, pb)) in runs {
+    for (ps, (pa, pb)) in runs {
         let mut e = [[0.0f32; LANES]; 2];
-        let lanes = o
-            .chunks_exact_mut(LANES)
-            .zip(s.chunks_exact(LANES).zip(c.chunks_exact(LANES)))
+        let lanes = ps
+            .chunks_exact(LANES)
             .zip(pa.chunks_exact(LANES).zip(pb.chunks_exact(LANES)));
-        for ((o, (s, c)), (pa, pb)) in lanes {
+        for (ps, (pa, pb)) in lanes {
             for l in 0..LANES {
-                let ps = s[l].norm_sqr();
-                e[0][l] += ps * pa[l];
-                e[1][l] += ps * pb[l];
-                o[l] = s[l] * c[l];
+                e[0][l] += ps[l] * pa[l];
+                e[1][l] += ps[l] * pb[l];
             }
         }
         for (total, lane) in energy.iter_mut().zip(&e) {

@@ -319,8 +319,8 @@ fn whitened_autocorrelation(residual: &Plane, grid_px: f64) -> Acf {
 /// (working pixels), each normalised to 1 at lag 0 before its blur. The blur
 /// is a weight on the spectrum, applied before the inverse transform: the
 /// same as blurring the plane (up to the kernel's truncation and the far
-/// lags' wrap-around), for no more than the inverse each needs anyway (it
-/// was a tenth of the perspective search's time as a convolution).
+/// lags' wrap-around), for no more than the inverse each needs anyway (as
+/// a convolution it took 3 of the 13 ms of each tilted view's search).
 fn whitened_autocorrelations(
     residual: &Plane,
     grid_px: f64,
@@ -401,8 +401,9 @@ fn whitened_autocorrelations(
             *c = Complex32::new(flat, 0.0);
         }
     }
-    // Lag 0 is the spectrum's sum (the inverse is unnormalised): the half spectrum's inner columns stand
-    // for two (kx and w − kx), the first and, for an even width, the last for one.
+    // Lag 0 is the spectrum's sum (the inverse is unnormalised): the half
+    // spectrum's inner columns stand for two (kx and w − kx), the first
+    // and, for an even width, the last for one.
     let half = fft.half_width();
     let zero = spectrum
         .chunks(h)

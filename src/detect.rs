@@ -210,7 +210,7 @@ fn read_frame(
     bank: &SyncBank,
     known: Option<&Alignment>,
 ) -> Option<Reading> {
-    let folded = fold(&prepared.residual, &frame);
+    let folded = fold(prepared.for_reading(), &frame);
     let alignment = match known {
         None => align(&folded, &bank.pairs, None)?,
         Some(k) => align(&folded, &[bank.only(k.variant)], Some(k.dihedral))?,
@@ -729,6 +729,7 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
             let centre = Prepared {
                 residual: t.view(coarse, centre_rect),
                 work_scale: prepared.work_scale / d as f64,
+                read_residual: None,
             };
             let sigma = if d > 1 {
                 PERSPECTIVE_COARSE_ACF_BLUR
@@ -745,6 +746,7 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
             let view = Prepared {
                 residual: tilt.view(r, (0, 0, r.width, r.height)),
                 work_scale: prepared.work_scale,
+                read_residual: None,
             };
             let tile_px = norm2(lat.u).min(norm2(lat.v));
             let acfs = sync::WindowAcfs::default();

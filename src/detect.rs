@@ -743,6 +743,9 @@ fn perspective_readings(prepared: &Prepared, bank: &SyncBank) -> Vec<Reading> {
         .par_iter()
         .filter_map(|&(ti, lat)| {
             let tilt = tilts[ti];
+            // Read from the searches' residual: a tilted view of the
+            // reading residual as well changed none of the independent
+            // script's 1,680 leaks (25 Nov), for four more resamplings.
             let view = Prepared {
                 residual: tilt.view(r, (0, 0, r.width, r.height)),
                 work_scale: prepared.work_scale,

@@ -1267,6 +1267,63 @@ mod tests {
     }
 
     #[test]
+    fn the_reading_residual_weighs_a_near_flat_ripple_less_than_the_searches_do() {
+        // Left half: texture (±20 levels); right half: flat with a ±0.5
+        // ripple, what JPEG leaves where it has quantised the mark away.
+        let (w, h) = (512, 256);
+        let signs = xorshift_signs(w * h);
+        let luma = Plane {
+            width: w,
+            height: h,
+            data: (0..w * h)
+                .map(|i| 128.0 + signs[i] * if i % w < w / 2 { 20.0 } else { 0.5 })
+                .collect(),
+        };
+        let p = prepare(&luma);
+        let rms = |plane: &Plane, x0: usize, x1: usize| {
+            let (mut sum, mut n) = (0.0f64, 0usize);
+            for y in 32..h - 32 {
+                for x in x0..x1 {
+                    sum += f64::from(plane.data[y * w + x]).powi(2);
+                    n += 1;
+                }
+            }
+            (sum / n as f64).sqrt()
+        };
+        let flat_to_texture = |plane: &Plane| rms(plane, 320, 480) / rms(plane, 32, 192);
+        let search = flat_to_texture(&p.residual);
+        let read = flat_to_texture(p.for_reading());
+        assert!(
+            read < 0.75 * search,
+            "flat / texture: reading {read}, search {search}"
+        );
+    }
+
+    #[test]
+    fn the_reading_residuals_lattices_come_after_the_searches_own() {
+        let searches = Prepared {
+            residual: periodic_residual(640, 480, 114),
+            work_scale: 1.0,
+            read_residual: None,
+        };
+        let own = lattices(&searches);
+        let both = lattices(&Prepared {
+            read_residual: Some(periodic_residual(640, 480, 90)),
+            ..searches
+        });
+        let first = own.len().min(MAX_CANDIDATES - READ_CANDIDATES);
+        assert!(first > 0, "{own:?}");
+        assert_eq!(both[..first], own[..first]);
+        assert!(both.len() <= MAX_CANDIDATES);
+        let of_period = |p: f64| {
+            both.iter()
+                .position(|l| (norm(l.u) - p).abs() < 2.0 && (norm(l.v) - p).abs() < 2.0)
+        };
+        assert!(of_period(90.0).is_some_and(|i| i >= first), "{both:?}");
+        assert!(of_period(114.0).is_some_and(|i| i < first), "{both:?}");
+    }
+
+    #[test]
     fn a_lattice_is_found_in_a_leak_shrunk_more_than_sevenfold() {
         // Regression: an 8700 × 5800 marked scan (work scale 0.118, JPEG grid
         // 0.94 working px) had every lattice discarded as "on the JPEG grid",

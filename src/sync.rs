@@ -543,10 +543,16 @@ pub fn upright(chip_px: f64, work_scale: f64) -> Lattice {
 /// charge, is at most [`MAX_CANDIDATES`].
 pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
     let grid = grid_px(prepared);
-    let (mut acfs, w, h) = whitened_autocorrelations(&prepared.residual, grid, &ACF_BLURS);
-    if let Some(read) = &prepared.read_residual {
-        acfs.extend(whitened_autocorrelations(read, grid, &[READ_ACF_BLUR]).0);
-    }
+    let ((mut acfs, w, h), read_acf) = rayon::join(
+        || whitened_autocorrelations(&prepared.residual, grid, &ACF_BLURS),
+        || {
+            prepared
+                .read_residual
+                .as_ref()
+                .map(|read| whitened_autocorrelations(read, grid, &[READ_ACF_BLUR]).0)
+        },
+    );
+    acfs.extend(read_acf.into_iter().flatten());
     // Searched together; the reading residual's list, if any, comes last.
     let mut lists: Vec<Vec<Lattice>> = acfs
         .par_iter()

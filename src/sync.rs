@@ -543,25 +543,22 @@ pub fn upright(chip_px: f64, work_scale: f64) -> Lattice {
 /// charge, is at most [`MAX_CANDIDATES`].
 pub fn lattices(prepared: &Prepared) -> Vec<Lattice> {
     let grid = grid_px(prepared);
-    let ((mut acfs, w, h), read_acf) = rayon::join(
-        || whitened_autocorrelations(&prepared.residual, grid, &ACF_BLURS),
+    let search_in = |residual: &Plane, blurs: &[f32]| -> Vec<Vec<Lattice>> {
+        let (acfs, w, h) = whitened_autocorrelations(residual, grid, blurs);
+        acfs.par_iter()
+            .map(|acf| search(acf, w, h, prepared, MIN_PERIOD_PX))
+            .collect()
+    };
+    let (lists, read) = rayon::join(
+        || search_in(&prepared.residual, &ACF_BLURS),
         || {
             prepared
                 .read_residual
                 .as_ref()
-                .map(|read| whitened_autocorrelations(read, grid, &[READ_ACF_BLUR]).0)
+                .map(|read| search_in(read, &[READ_ACF_BLUR]).concat())
+                .unwrap_or_default()
         },
     );
-    acfs.extend(read_acf.into_iter().flatten());
-    // Searched together; the reading residual's list, if any, comes last.
-    let mut lists: Vec<Vec<Lattice>> = acfs
-        .par_iter()
-        .map(|acf| search(acf, w, h, prepared, MIN_PERIOD_PX))
-        .collect();
-    let read = match prepared.read_residual {
-        Some(_) => lists.pop().unwrap_or_default(),
-        None => Vec::new(),
-    };
     let mut out: Vec<Lattice> = Vec::with_capacity(MAX_CANDIDATES);
     interleave_into(&mut out, &lists, MAX_CANDIDATES - READ_CANDIDATES);
     interleave_into(&mut out, &[read], MAX_CANDIDATES);

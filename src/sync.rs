@@ -1249,6 +1249,19 @@ mod tests {
     }
 
     /// A residual repeating a random 114 × 114 px tile, as left by a mark.
+    /// `n` values uniform in [−0.5, 0.5), from a fixed xorshift stream.
+    fn uniform_noise(n: usize) -> Vec<f32> {
+        let mut state = 0x9e37_79b9_u32;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
     fn periodic_residual(width: usize, height: usize, period: usize) -> Plane {
         let tile = xorshift_signs(period * period);
         let data = (0..width * height)
@@ -1271,15 +1284,14 @@ mod tests {
         const NOISE: f32 = 5.5;
         let (w, h, period) = (640, 480, 114);
         let mark = periodic_residual(w, h, period).gaussian(2.0);
-        let mut state = 0x9e37_79b9_u32;
-        let mut noise = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let noise = uniform_noise(w * h);
         let residual = Plane {
-            data: mark.data.iter().map(|&m| m + NOISE * noise()).collect(),
+            data: mark
+                .data
+                .iter()
+                .zip(&noise)
+                .map(|(&m, &n)| m + NOISE * n)
+                .collect(),
             ..mark
         };
         let prepared = Prepared {
@@ -1410,14 +1422,7 @@ mod tests {
         // its multiples and diagonals fill the uncapped lists.
         let (w, h, period) = (640, 480, 114);
         let mark = periodic_residual(w, h, period).gaussian(1.0);
-        let mut state = 0x9e37_79b9_u32;
-        let mut noise = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
-        let noise: Vec<f32> = (0..w * h).map(|_| 2.0 * noise()).collect();
+        let noise: Vec<f32> = uniform_noise(w * h).iter().map(|n| 2.0 * n).collect();
         for dot in [5.0, 20.0, 60.0] {
             let data = mark
                 .data

@@ -1248,7 +1248,6 @@ mod tests {
             .collect()
     }
 
-    /// A residual repeating a random 114 × 114 px tile, as left by a mark.
     /// `n` values uniform in [−0.5, 0.5), from a fixed xorshift stream.
     fn uniform_noise(n: usize) -> Vec<f32> {
         let mut state = 0x9e37_79b9_u32;
@@ -1262,6 +1261,7 @@ mod tests {
             .collect()
     }
 
+    /// A residual repeating a random 114 × 114 px tile, as left by a mark.
     fn periodic_residual(width: usize, height: usize, period: usize) -> Plane {
         let tile = xorshift_signs(period * period);
         let data = (0..width * height)
@@ -1419,7 +1419,7 @@ mod tests {
     fn a_fine_regular_host_pattern_does_not_hide_the_lattice() {
         // A blueprint's grid: a dot every 50 px both ways, far stronger than
         // the mark, which JPEG left smoothed and noisy. The grid's lattice,
-        // its multiples and diagonals fill the uncapped lists.
+        // its multiples and diagonals fill every list but the despiked one.
         let (w, h, period) = (640, 480, 114);
         let mark = periodic_residual(w, h, period).gaussian(1.0);
         let noise: Vec<f32> = uniform_noise(w * h).iter().map(|n| 2.0 * n).collect();

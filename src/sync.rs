@@ -623,19 +623,17 @@ pub fn candidates(prepared: &Prepared) -> Candidates {
         .chain(read.iter_mut())
         .map(|f| std::mem::take(&mut f.peak_squares))
         .collect();
-    interleave_into(&mut peak_squares, &squares, usize::MAX);
+    interleave_into(&mut peak_squares, &squares, usize::MAX, SAME_SQUARE_PX);
     let read: Vec<Lattice> = read.into_iter().flat_map(|f| f.lattices).collect();
     let mut lists: Vec<Vec<Lattice>> = own.into_iter().map(|f| f.lattices).collect();
     let despiked = lists.pop().unwrap_or_default();
     let mut out: Vec<Lattice> = Vec::with_capacity(MAX_CANDIDATES);
-    interleave_into(
-        &mut out,
-        &lists,
-        MAX_CANDIDATES - READ_CANDIDATES - DESPIKED_CANDIDATES,
-    );
-    interleave_into(&mut out, &[read], MAX_CANDIDATES - DESPIKED_CANDIDATES);
-    interleave_into(&mut out, &[despiked], MAX_CANDIDATES);
-    interleave_into(&mut out, &lists, MAX_CANDIDATES);
+    let cap = MAX_CANDIDATES - READ_CANDIDATES - DESPIKED_CANDIDATES;
+    interleave_into(&mut out, &lists, cap, SAME_LATTICE_PX);
+    let cap = MAX_CANDIDATES - DESPIKED_CANDIDATES;
+    interleave_into(&mut out, &[read], cap, SAME_LATTICE_PX);
+    interleave_into(&mut out, &[despiked], MAX_CANDIDATES, SAME_LATTICE_PX);
+    interleave_into(&mut out, &lists, MAX_CANDIDATES, SAME_LATTICE_PX);
     Candidates {
         lattices: out,
         peak_squares,
@@ -643,15 +641,16 @@ pub fn candidates(prepared: &Prepared) -> Candidates {
 }
 
 /// Appends the lists' lattices to `out` in turn (first of each, then
-/// second of each, …), skipping any `out` already holds, until it has `cap`.
-fn interleave_into(out: &mut Vec<Lattice>, lists: &[Vec<Lattice>], cap: usize) {
+/// second of each, …), skipping any `out` already holds (within
+/// `tolerance_px`, see [`same_lattice`]), until it has `cap`.
+fn interleave_into(out: &mut Vec<Lattice>, lists: &[Vec<Lattice>], cap: usize, tolerance_px: f64) {
     let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
     for rank in 0..longest {
         for lat in lists.iter().filter_map(|l| l.get(rank)) {
             if out.len() >= cap {
                 return;
             }
-            if !out.iter().any(|c| same_lattice(c, lat, SAME_LATTICE_PX)) {
+            if !out.iter().any(|c| same_lattice(c, lat, tolerance_px)) {
                 out.push(*lat);
             }
         }
@@ -1098,6 +1097,12 @@ const MULTIPLE_SIDE_TOLERANCE: f64 = 0.08;
 
 /// Working pixels within which two candidate lattices' vectors count as one.
 pub const SAME_LATTICE_PX: f64 = 3.0;
+/// The same for square lattices on single peaks ([`PEAK_SQUARES`]), which
+/// are tried once each with no nearby search: a table's ten rows 1.8 %
+/// shorter than the tile's period were 1.7 px from it (a spreadsheet
+/// scaled to 0.4), and the fold over eight periods drifts by several
+/// chips with that error.
+pub const SAME_SQUARE_PX: f64 = 1.0;
 
 /// Whether two lattices are the same up to sign and order of their vectors,
 /// each vector within `tolerance_px`.

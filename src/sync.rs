@@ -697,7 +697,7 @@ const DESPIKED_ACF_BLUR: f32 = 1.0;
 /// residual's; a lattice already listed is not repeated.
 const DESPIKED_CANDIDATES: usize = 2;
 /// Square lattices kept per autocorrelation ([`Candidates::peak_squares`]):
-/// each of its [`PEAKS`] strongest peaks taken as one side of a square
+/// each of its 24 strongest peaks taken as one side of a square
 /// tile, ranked by the z of the three nearest lattice points the peak does
 /// not explain (the side turned by 90° and the two diagonals). A table's
 /// rows and columns make a dense host lattice that the density score
@@ -739,16 +739,18 @@ fn grid_px(prepared: &Prepared) -> f64 {
     JPEG_BLOCK_PX * prepared.work_scale
 }
 
-/// Lattice candidates from a centred autocorrelation (`w` × `h`, padded).
 /// What one autocorrelation's search found.
 #[derive(Default)]
 struct Found {
     /// Lattices, best first.
     lattices: Vec<Lattice>,
-    /// The strongest peaks, each with itself turned by 90° (see [`PEAK_SQUARES`]).
+    /// The best [`PEAK_SQUARES`] peaks, each with itself turned by 90°.
     peak_squares: Vec<Lattice>,
 }
 
+/// Lattice candidates and peak squares from a centred autocorrelation
+/// (`w` × `h`, padded). (The perspective search's central views use only
+/// the lattices; their few peak squares cost three refinements each.)
 fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64) -> Found {
     let r = &prepared.residual;
     let (cx, cy) = ((w / 2) as isize, (h / 2) as isize);
@@ -811,7 +813,6 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64)
         }
     }
     peaks.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-
     peaks.truncate(PEAKS);
 
     // Basis vectors come from the peaks and from their halves and thirds (a

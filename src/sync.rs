@@ -1359,6 +1359,15 @@ mod tests {
         }
     }
 
+    /// A working residual at the leak's own scale, with no reading residual.
+    fn unshrunk(residual: Plane) -> Prepared {
+        Prepared {
+            residual,
+            work_scale: 1.0,
+            read_residual: None,
+        }
+    }
+
     #[test]
     fn a_mark_left_only_in_low_frequencies_is_found_by_the_blurred_search() {
         // The tile smoothed (as JPEG and downscaling leave it), under white
@@ -1379,11 +1388,7 @@ mod tests {
                 .collect(),
             ..mark
         };
-        let prepared = Prepared {
-            residual,
-            work_scale: 1.0,
-            read_residual: None,
-        };
+        let prepared = unshrunk(residual);
         let is_true = |l: &Lattice| {
             (norm(l.u) - period as f64).abs() < 2.0 && (norm(l.v) - period as f64).abs() < 2.0
         };
@@ -1476,11 +1481,7 @@ mod tests {
 
     #[test]
     fn the_reading_residuals_lattices_come_after_the_searches_own() {
-        let searches = Prepared {
-            residual: periodic_residual(640, 480, 114),
-            work_scale: 1.0,
-            read_residual: None,
-        };
+        let searches = unshrunk(periodic_residual(640, 480, 114));
         let own = lattices(&searches);
         let both = lattices(&Prepared {
             read_residual: Some(periodic_residual(640, 480, 90)),
@@ -1519,14 +1520,10 @@ mod tests {
                     m + n + if x % 50 < 2 && y % 50 < 2 { dot } else { 0.0 }
                 })
                 .collect();
-            let prepared = Prepared {
-                residual: Plane {
-                    data,
-                    ..mark.clone()
-                },
-                work_scale: 1.0,
-                read_residual: None,
-            };
+            let prepared = unshrunk(Plane {
+                data,
+                ..mark.clone()
+            });
             let found = lattices(&prepared);
             assert!(
                 found.iter().any(|l| (norm(l.u) - period as f64).abs() < 2.0
@@ -1567,14 +1564,10 @@ mod tests {
                         }
                 })
                 .collect();
-            let prepared = Prepared {
-                residual: Plane {
-                    data,
-                    ..mark.clone()
-                },
-                work_scale: 1.0,
-                read_residual: None,
-            };
+            let prepared = unshrunk(Plane {
+                data,
+                ..mark.clone()
+            });
             let found = candidates(&prepared);
             let is_tile = |l: &Lattice| {
                 (norm(l.u) - period as f64).abs() < 1.0 && (norm(l.v) - period as f64).abs() < 1.0

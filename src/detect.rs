@@ -263,6 +263,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     let sync::Candidates {
         lattices: found,
         peak_squares,
+        off_host,
     } = sync::candidates(&prepared);
     let issued_is_new = !found
         .iter()
@@ -383,6 +384,15 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
             .copied()
             .collect();
         let new: Vec<Reading> = squared_reading(&prepared, &found, &peak_squares, &lattices, &bank)
+            .map(|(lat, first)| refined_readings(&prepared, &lat, &bank, first))
+            .unwrap_or_default();
+        scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
+        readings.extend(new);
+    }
+    if scored.iter().all(|s| s.0 < threshold) {
+        // A periodic host's lattice took every place: the lattices through
+        // the peaks off it, and their squares (see `off_host_reading`).
+        let new: Vec<Reading> = off_host_reading(&prepared, &off_host, &lattices, &bank)
             .map(|(lat, first)| refined_readings(&prepared, &lat, &bank, first))
             .unwrap_or_default();
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
@@ -565,8 +575,38 @@ fn squared_reading(
     for &square in peak_squares {
         push_unseen(&mut squares, known, square, sync::SAME_SQUARE_PX);
     }
-    squares
-        .par_iter()
+    best_synchronised(prepared, &squares, bank)
+}
+
+/// The best-synchronised of the lattices through the autocorrelation peaks
+/// off a periodic host's lattice ([`sync::Candidates::off_host`]) and their
+/// square completions, charged as one more lattice with its refinements.
+/// Kept apart from [`squared_reading`]: in one pool, a spurious lattice off
+/// the host aligned better than a tessellation's true square completion
+/// and displaced it. The choice uses sync chips only.
+fn off_host_reading(
+    prepared: &Prepared,
+    off_host: &[Lattice],
+    known: &[Lattice],
+    bank: &SyncBank,
+) -> Option<(Lattice, Reading)> {
+    let mut pool: Vec<Lattice> = Vec::new();
+    for &lat in off_host {
+        push_unseen(&mut pool, known, lat, sync::SAME_LATTICE_PX);
+    }
+    for square in square_completions(off_host, known) {
+        push_unseen(&mut pool, known, square, sync::SAME_LATTICE_PX);
+    }
+    best_synchronised(prepared, &pool, bank)
+}
+
+/// The lattice of `pool` whose sync chips align best, with its reading.
+fn best_synchronised(
+    prepared: &Prepared,
+    pool: &[Lattice],
+    bank: &SyncBank,
+) -> Option<(Lattice, Reading)> {
+    pool.par_iter()
         .filter_map(|l| {
             Some((
                 *l,
@@ -660,11 +700,12 @@ const SAME_AS_ISSUED_PX: f64 = 0.5;
 /// The most readings one detection can evaluate: every lattice (the
 /// autocorrelation's and the issued one) with its refinements, the nearby
 /// readings with theirs, the divided lattices with theirs, the best square
-/// completion with its, the issued lattice read in the ink
+/// completion with its, the best lattice off a periodic host with its, the
+/// issued lattice read in the ink
 /// ([`sync::prepare_same_surface`]) with its refinements, plus the
 /// perspective starts. This is what is charged.
 const MAX_READINGS: usize =
-    (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + DIVIDED_LATTICES + 1 + 1)
+    (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + DIVIDED_LATTICES + 1 + 1 + 1)
         * (1 + REFINE_ROUNDS)
         + PERSPECTIVE_STARTS;
 

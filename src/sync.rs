@@ -832,14 +832,16 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64)
                 nearest_z(&z, p)
             }
         };
-        let mut found = lattices_from_peaks(&peaks, &masked_z, min_period, max_lag)
+        // Refining may pull a side onto a strong host peak nearby: such a
+        // lattice is the host's after all.
+        let off_host =
+            |l: &Lattice| !near_half_lattice(&host, l.u) && !near_half_lattice(&host, l.v);
+        lattices_from_peaks(&peaks, &masked_z, min_period, max_lag)
             .into_iter()
-            .filter(|l| !near_half_lattice(&host, l.u) && !near_half_lattice(&host, l.v))
-            .collect::<Vec<_>>();
-        found.truncate(OFF_HOST_LATTICES);
-        found
-            .into_iter()
+            .filter(off_host)
             .map(|c| refine(acf, cx, cy, max_lag, c))
+            .filter(off_host)
+            .take(OFF_HOST_LATTICES)
             .collect()
     });
     candidates.truncate(MAX_CANDIDATES);

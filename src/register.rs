@@ -12,9 +12,9 @@
 //!    reverses them; cropping and scaling leave them alone), always
 //!    including "no rotation". For each rotation, mirror and each scale of a
 //!    geometric grid, the leak is resampled into a 128-px thumbnail of the
-//!    original and phase-correlated with it; the translation is the peak.
-//!    The best few (scored by the peak's height over the correlation
-//!    surface) go on.
+//!    original and phase-correlated with it; each of the surface's few
+//!    highest peaks is a translation. The best few (scored by the peak's
+//!    height over the correlation surface) go on.
 //! 2. **Dense refinement.** Levenberg–Marquardt on the eight homography
 //!    parameters (a similarity or affine map only on the levels where the
 //!    leak spans too few pixels to pin eight down), coarse to fine
@@ -142,6 +142,12 @@ const SCALE_STEP: f64 = 1.1;
 /// Rotation peaks kept from the gradient-direction histograms, distinct
 /// modulo a quarter turn (each is searched at its four quarter turns).
 const ROTATION_PEAKS: usize = 2;
+/// Peaks kept from each correlation surface. On a small crop of a dark
+/// screenshot (the devset UI, 10 % of the area) the true shift is not the
+/// highest peak even at the right scale: the toolbars' dense edges
+/// correlate more with any canvas than the flat dialog it shows. With the
+/// best peak alone it was never refined and the crop did not register.
+const PEAKS: usize = 4;
 /// Coarse candidates refined densely.
 const REFINE_CANDIDATES: usize = 4;
 /// Long side of the finest refinement level, pixels.
@@ -478,7 +484,7 @@ fn coarse_candidates(
     let (lw, lh) = (l_pyr.full[0] as f64, l_pyr.full[1] as f64);
     let mut scored: Vec<(f64, Homography)> = grid
         .par_iter()
-        .filter_map(|&(theta, mirrored, s)| {
+        .filter_map(|&(theta, mirrored, s)| -> Option<Vec<(f64, Homography)>> {
             let (sin, cos) = theta.sin_cos();
             let mx = if mirrored { -1.0 } else { 1.0 };
             // A = s·R(θ)·M, original → leak (before translation).
@@ -544,19 +550,13 @@ fn coarse_candidates(
                 *c = p / (p.norm().sqrt() + 1e-6);
             }
             fft.inverse(&mut canvas);
-            let (mut best, mut at, mut s1, mut s2) = (f32::MIN, 0usize, 0.0f64, 0.0f64);
-            for (i, c) in canvas.iter().enumerate() {
-                let r = c.re;
-                s1 += f64::from(r);
-                s2 += f64::from(r) * f64::from(r);
-                if r > best {
-                    best = r;
-                    at = i;
-                }
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for c in &canvas {
+                s1 += f64::from(c.re);
+                s2 += f64::from(c.re) * f64::from(c.re);
             }
             let nn = (n * n) as f64;
             let sd = (s2 / nn - (s1 / nn).powi(2)).max(1e-30).sqrt();
-            let z = (f64::from(best) - s1 / nn) / sd;
             let wrap = |d: usize| {
                 if d >= n / 2 {
                     d as f64 - n as f64
@@ -564,19 +564,54 @@ fn coarse_candidates(
                     d as f64
                 }
             };
-            let (dx, dy) = (wrap(at % n), wrap(at / n));
-            // Canvas pixel q sits at thumbnail q + d, not at origin + q:
-            // t = −A·D⁻¹·(d − origin).
-            let (ex, ey) = ((dx - origin.0) / ax, (dy - origin.1) / ay);
-            let t = (-(a[0] * ex + a[1] * ey), -(a[2] * ex + a[3] * ey));
-            Some((
-                z,
-                Homography([a[0], a[1], t.0, a[2], a[3], t.1, 0.0, 0.0, 1.0]),
-            ))
+            let found: Vec<(f64, Homography)> = top_peaks(&canvas, n, PEAKS)
+                .into_iter()
+                .map(|(at, value)| {
+                    let z = (f64::from(value) - s1 / nn) / sd;
+                    let (dx, dy) = (wrap(at % n), wrap(at / n));
+                    // Canvas pixel q sits at thumbnail q + d, not at origin + q:
+                    // t = −A·D⁻¹·(d − origin).
+                    let (ex, ey) = ((dx - origin.0) / ax, (dy - origin.1) / ay);
+                    let t = (-(a[0] * ex + a[1] * ey), -(a[2] * ex + a[3] * ey));
+                    (
+                        z,
+                        Homography([a[0], a[1], t.0, a[2], a[3], t.1, 0.0, 0.0, 1.0]),
+                    )
+                })
+                .collect();
+            Some(found)
         })
+        .flatten()
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored
+}
+
+/// The `k` highest local maxima (over the 3 × 3 neighbourhood, wrapping
+/// round) of a correlation surface's real part: `(index, value)`, best first.
+fn top_peaks(surface: &[Complex32], n: usize, k: usize) -> Vec<(usize, f32)> {
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    for (i, c) in surface.iter().enumerate() {
+        let r = c.re;
+        if top.len() == k && r <= top[k - 1].1 {
+            continue;
+        }
+        let (x, y) = (i % n, i / n);
+        // Ties go to the lower index, so a flat top is one peak.
+        let is_max = (0..3).all(|dy| {
+            (0..3).all(|dx| {
+                let j = ((y + n + dy - 1) % n) * n + (x + n + dx - 1) % n;
+                let q = surface[j].re;
+                j == i || q < r || (q == r && j > i)
+            })
+        });
+        if is_max {
+            let pos = top.iter().position(|t| t.1 < r).unwrap_or(top.len());
+            top.insert(pos, (i, r));
+            top.truncate(k);
+        }
+    }
+    top
 }
 
 /// Whether a coarse candidate is unturned and unmirrored (its linear part

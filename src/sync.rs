@@ -729,6 +729,14 @@ pub const PEAK_SQUARES: usize = 3;
 /// lost: a Truchet wallpaper after ⅓ + JPEG 75, a quarter crop + JPEG 80,
 /// and a crop + turn + halving + JPEG 60 (scores 1.6–2.8 → 7.9–19.3).
 pub const OFF_HOST_LATTICES: usize = 2;
+/// Density score of the best lattice below which no host is looked past:
+/// a periodic host's lattice scores in the hundreds, the best lattice of a
+/// leak without one (unmarked, or its mark lost) near zero. Ungated, the
+/// search off it and its pool cost an unmarked 2 MP leak 27 % more
+/// instructions (callgrind, one thread); gated at 20, 6.7 % (some tilted
+/// views pass), at 40, 0.4 %, with the same 425 of the third script's 510
+/// leaks read at all three.
+const OFF_HOST_MIN_SCORE: f64 = 40.0;
 /// Distance from a host lattice point within which a peak is the host's,
 /// working pixels: the host's far peaks stay within it after JPEG and a
 /// resampling once the host's basis is refined on every point.
@@ -738,25 +746,33 @@ const HOST_POINT_PX: f64 = 2.5;
 /// `prepared`: under perspective the lattice's scale drifts across the leak,
 /// so its autocorrelation peaks smear by lag × drift; blurring gathers them
 /// again (the windows of the perspective fit then make the frame exact).
+/// The lattices off the best one's points come too
+/// ([`Candidates::off_host`]; no peak squares).
 ///
 /// `prepared` may be the working residual shrunk by `decimation` (its
 /// `work_scale` divided too): periods are searched down to the same length
 /// in working pixels, and the lattices are returned in working pixels.
-pub fn lattices_blurred(prepared: &Prepared, sigma: f32, decimation: f64) -> Vec<Lattice> {
+pub fn lattices_blurred(prepared: &Prepared, sigma: f32, decimation: f64) -> Candidates {
     let (acfs, w, h) = whitened_autocorrelations(
         &prepared.residual,
         grid_px(prepared),
         &[AcfKind::blurred(sigma)],
     );
-    search(&acfs[0], w, h, prepared, MIN_PERIOD_PX / decimation)
-        .lattices
-        .into_iter()
-        .map(|l| Lattice {
-            u: scale(l.u, decimation),
-            v: scale(l.v, decimation),
-            ..l
-        })
-        .collect()
+    let found = search(&acfs[0], w, h, prepared, MIN_PERIOD_PX / decimation);
+    let undecimated = |list: Vec<Lattice>| -> Vec<Lattice> {
+        list.into_iter()
+            .map(|l| Lattice {
+                u: scale(l.u, decimation),
+                v: scale(l.v, decimation),
+                ..l
+            })
+            .collect()
+    };
+    Candidates {
+        lattices: undecimated(found.lattices),
+        peak_squares: Vec::new(),
+        off_host: undecimated(found.off_host),
+    }
 }
 
 /// A JPEG block grid, in working pixels, when JPEG was the leak's last step.
@@ -813,7 +829,8 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64)
     let sigma = (1.4826 * mad).max(1e-9);
     let z = |dx: isize, dy: isize| ((at(dx, dy) - median) / sigma) as f64;
 
-    let peaks = strongest_peaks(&at, &z, max_lag, &in_annulus, |_, _| true);
+    let maxima = local_maxima(&at, &z, max_lag, &in_annulus);
+    let peaks: Vec<(f64, isize, isize)> = maxima.iter().take(PEAKS).copied().collect();
     let lattice_z = |p: [f64; 2]| -> f64 { nearest_z(&z, p) };
     let mut candidates = lattices_from_peaks(&peaks, &lattice_z, min_period, max_lag);
     // A strongly periodic host (a tessellation, grid paper, a table) puts
@@ -821,10 +838,15 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64)
     // reach the list: the peaks off the best lattice's points (and off its
     // half-period points, where a centred host puts its own) are searched
     // again, host points counting as neither present nor missing.
-    let off_host = candidates.first().map_or_else(Vec::new, |&host| {
+    let host = candidates.first().filter(|l| l.score >= OFF_HOST_MIN_SCORE);
+    let off_host = host.map_or_else(Vec::new, |&host| {
         let host = refine(acf, cx, cy, max_lag, host);
-        let off = |dx: isize, dy: isize| !near_half_lattice(&host, [dx as f64, dy as f64]);
-        let peaks = strongest_peaks(&at, &z, max_lag, &in_annulus, off);
+        let peaks: Vec<(f64, isize, isize)> = maxima
+            .iter()
+            .filter(|p| !near_half_lattice(&host, [p.1 as f64, p.2 as f64]))
+            .take(PEAKS)
+            .copied()
+            .collect();
         let masked_z = |p: [f64; 2]| -> f64 {
             if near_half_lattice(&host, p) {
                 Z_EMPTY
@@ -887,14 +909,13 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64)
 /// sub-lattice nor a finer super-lattice beats the true one.
 const Z_EMPTY: f64 = 4.0;
 
-/// The [`PEAKS`] strongest local maxima of the autocorrelation in the upper
-/// half of the annulus where `keep` holds, as (z, dx, dy).
-fn strongest_peaks(
+/// The local maxima of the autocorrelation in the upper half of the
+/// annulus, strongest first, as (z, dx, dy).
+fn local_maxima(
     at: &impl Fn(isize, isize) -> f32,
     z: &impl Fn(isize, isize) -> f64,
     max_lag: f64,
     in_annulus: &impl Fn(isize, isize) -> bool,
-    keep: impl Fn(isize, isize) -> bool,
 ) -> Vec<(f64, isize, isize)> {
     let mut peaks: Vec<(f64, isize, isize)> = Vec::new();
     let ml = max_lag as isize;
@@ -916,13 +937,12 @@ fn strongest_peaks(
                     }
                 }
             }
-            if is_max && keep(dx, dy) {
+            if is_max {
                 peaks.push((z(dx, dy), dx, dy));
             }
         }
     }
     peaks.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-    peaks.truncate(PEAKS);
     peaks
 }
 
@@ -1492,6 +1512,7 @@ mod tests {
         };
         assert!(
             !lattices_blurred(&prepared, 0.0, 1.0)
+                .lattices
                 .iter()
                 .take(2)
                 .any(is_true),
@@ -1528,7 +1549,7 @@ mod tests {
             let is_true = |l: &Lattice| {
                 (norm(l.u) - period as f64).abs() < 2.0 && (norm(l.v) - period as f64).abs() < 2.0
             };
-            let found = lattices_blurred(&prepared, 0.5, 2.0);
+            let found = lattices_blurred(&prepared, 0.5, 2.0).lattices;
             assert!(
                 found.iter().take(2).any(is_true),
                 "period {period}: {found:?}"
@@ -1539,7 +1560,10 @@ mod tests {
                     (2.0 * norm(l.u) - period as f64).abs() < 2.0
                         && (2.0 * norm(l.v) - period as f64).abs() < 2.0
                 };
-                assert!(!lattices_blurred(&prepared, 0.5, 1.0).iter().any(halved));
+                assert!(!lattices_blurred(&prepared, 0.5, 1.0)
+                    .lattices
+                    .iter()
+                    .any(halved));
             }
         }
     }

@@ -703,7 +703,7 @@ const SAME_AS_ISSUED_PX: f64 = 0.5;
 /// completion with its, the best lattice off a periodic host with its, the
 /// issued lattice read in the ink
 /// ([`sync::prepare_same_surface`]) with its refinements, plus the
-/// perspective starts. This is what is charged.
+/// perspective starts (the one off a host included). This is what is charged.
 const MAX_READINGS: usize =
     (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + DIVIDED_LATTICES + 1 + 1 + 1)
         * (1 + REFINE_ROUNDS)
@@ -1069,7 +1069,8 @@ const PERSPECTIVE_STARTS: usize = 4;
 /// [`sync::Candidates::off_host`]): with only the best lattices of each
 /// tilt, a tessellation under perspective 10 % + JPEG 75 read 0 of 4 (the
 /// third attack script's Truchet and Art Nouveau wallpapers, two seeds);
-/// with the off-host lattices first, 4 of 4 at p ≤ 1e-100.
+/// with the best off-host lattice over the tilts as one more start, 4 of 4
+/// at p ≤ 1e-100.
 const PERSPECTIVE_OFF_HOST_STARTS: usize = 1;
 /// Blur of the central autocorrelation, working pixels: gathers peaks that
 /// perspective smeared (perspective 5 % on the devset: 7/10 → 9/10 with 1.0;

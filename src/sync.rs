@@ -791,9 +791,10 @@ struct Found {
     off_host: Vec<Lattice>,
 }
 
-/// Lattice candidates and peak squares from a centred autocorrelation
-/// (`w` × `h`, padded). (The perspective search's central views use only
-/// the lattices; their few peak squares cost three refinements each.)
+/// Lattice candidates, peak squares and lattices off a periodic host from
+/// a centred autocorrelation (`w` × `h`, padded). (The perspective
+/// search's central views use the lattices and the off-host ones; their
+/// few peak squares cost three refinements each.)
 fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64) -> Found {
     let r = &prepared.residual;
     let (cx, cy) = ((w / 2) as isize, (h / 2) as isize);
@@ -856,13 +857,13 @@ fn search(acf: &Plane, w: usize, h: usize, prepared: &Prepared, min_period: f64)
         };
         // Refining may pull a side onto a strong host peak nearby: such a
         // lattice is the host's after all.
-        let off_host =
+        let clear_of_host =
             |l: &Lattice| !near_half_lattice(&host, l.u) && !near_half_lattice(&host, l.v);
         lattices_from_peaks(&peaks, &masked_z, min_period, max_lag)
             .into_iter()
-            .filter(off_host)
+            .filter(clear_of_host)
             .map(|c| refine(acf, cx, cy, max_lag, c))
-            .filter(off_host)
+            .filter(clear_of_host)
             .take(OFF_HOST_LATTICES)
             .collect()
     });

@@ -1011,6 +1011,7 @@ fn lattices_from_peaks(
         }
     }
     let mut candidates: Vec<Lattice> = Vec::new();
+    let mut seen = LatticeIndex::default();
     for (i, &a) in vectors.iter().enumerate() {
         for &b in vectors.iter().skip(i + 1) {
             let Some((u, v)) = reduce(a, b) else { continue };
@@ -1028,10 +1029,8 @@ fn lattices_from_peaks(
             // 2–8 MP issue (unattacked 4 and 6 MP covers went undetected),
             // and the spectrum's grid lines are zeroed above anyway.
             let lat = Lattice { u, v, score: 0.0 };
-            if !candidates
-                .iter()
-                .any(|c| same_lattice(c, &lat, SAME_LATTICE_PX))
-            {
+            if !seen.holds_same(&candidates, &lat) {
+                seen.insert(&lat, candidates.len());
                 candidates.push(lat);
             }
         }
@@ -1077,6 +1076,51 @@ fn lattices_from_peaks(
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     candidates
+}
+
+/// Where lattices lie, by their first side, so that finding one the same
+/// as a new lattice ([`same_lattice`] within [`SAME_LATTICE_PX`]) looks at
+/// a few neighbours, not at every lattice found so far: the pairs of 72
+/// peak vectors made a few hundred candidates, and comparing each with all
+/// before it took most of the search's time.
+#[derive(Default)]
+struct LatticeIndex {
+    /// Indices of the lattices whose first side falls in each cell of a
+    /// grid of [`SAME_LATTICE_PX`].
+    cells: HashMap<(i64, i64), Vec<usize>>,
+}
+
+impl LatticeIndex {
+    fn cell(p: [f64; 2]) -> (i64, i64) {
+        (
+            (p[0] / SAME_LATTICE_PX).floor() as i64,
+            (p[1] / SAME_LATTICE_PX).floor() as i64,
+        )
+    }
+
+    /// Records that `lattices[index]` is `lat`.
+    fn insert(&mut self, lat: &Lattice, index: usize) {
+        self.cells.entry(Self::cell(lat.u)).or_default().push(index);
+    }
+
+    /// Whether `lattices` holds one the same as `lat`. Such a lattice has
+    /// its first side within the tolerance of ± either side of `lat`, so in
+    /// one of the cells next to theirs.
+    fn holds_same(&self, lattices: &[Lattice], lat: &Lattice) -> bool {
+        [lat.u, scale(lat.u, -1.0), lat.v, scale(lat.v, -1.0)]
+            .into_iter()
+            .any(|side| {
+                let (cx, cy) = Self::cell(side);
+                (-1..=1).any(|dy| {
+                    (-1..=1).any(|dx| {
+                        self.cells.get(&(cx + dx, cy + dy)).is_some_and(|ids| {
+                            ids.iter()
+                                .any(|&i| same_lattice(&lattices[i], lat, SAME_LATTICE_PX))
+                        })
+                    })
+                })
+            })
+    }
 }
 
 /// Least-squares fit of the basis to every lattice point visible in the

@@ -20,21 +20,22 @@ use rayon::prelude::*;
 
 /// Smallest share of devset images (0–1) whose serial must be read exactly
 /// after each attack. Measured share in the comment (10 devset images, key
-/// `key(42)`, attack seed 6, detector of commit f372221). Floors sit one
-/// image below the measurement, except `none` (always all) and the
-/// perspective channels, which sit at the measurement until local
-/// refinement of the geometry lands.
+/// `key(42)`, attack seed 6, detector of commit 26c6622, 25 Nov). Floors sit
+/// one image below the measurement, except `none` (always all).
+///
+/// The suite's one seed flatters the screen-camera channel: over seeds 8–13
+/// (key 1) blind detection read 22 of its 60 leaks (see README).
 const FLOORS: &[(&str, f64)] = &[
     ("none", 1.0),                         // measured 10/10
     ("jpeg-75", 0.9),                      // measured 10/10
     ("jpeg-50", 0.9),                      // measured 10/10
-    ("jpeg-30", 0.7),                      // measured 8/10 (7×7 detail box, Nov 23)
+    ("jpeg-30", 0.8),                      // measured 9/10
     ("scale-0.5", 0.9),                    // measured 10/10
     ("scale-0.333", 0.9),                  // measured 10/10
-    ("scale-1.5", 0.8),                    // measured 9/10 (7×7 detail box, Nov 23)
-    ("scale-2.0", 0.8),                    // measured 9/10
+    ("scale-1.5", 0.9),                    // measured 10/10
+    ("scale-2.0", 0.9),                    // measured 10/10
     ("crop-keep-50", 0.9),                 // measured 10/10
-    ("crop-keep-25", 0.8),                 // measured 9/10
+    ("crop-keep-25", 0.9),                 // measured 10/10
     ("rotate-2", 0.9),                     // measured 10/10
     ("rotate-10", 0.9),                    // measured 10/10
     ("rotate-30", 0.9),                    // measured 10/10
@@ -46,23 +47,23 @@ const FLOORS: &[(&str, f64)] = &[
     ("aspect-0.8x1.0", 0.9),               // measured 10/10
     ("mirror-h", 0.9),                     // measured 10/10
     ("mirror-v", 0.9),                     // measured 10/10
-    ("perspective-0.05", 0.6),             // measured 9/10 (blurred central ACF, Nov 23)
-    ("perspective-0.10", 0.3),             // measured 5/10 (blurred central ACF, Nov 23)
+    ("perspective-0.05", 0.9),             // measured 10/10
+    ("perspective-0.10", 0.9),             // measured 10/10
     ("blur-1", 0.9),                       // measured 10/10
     ("median-1", 0.9),                     // measured 10/10
     ("noise-5", 0.9),                      // measured 10/10
     ("gamma-1.5", 0.9),                    // measured 10/10
-    ("brightness+30", 0.9),                // measured 10/10 (ink read, Nov 24)
+    ("brightness+30", 0.9),                // measured 10/10
     ("contrast-0.7", 0.9),                 // measured 10/10
     ("grayscale", 0.9),                    // measured 10/10
     ("stamp-10", 0.9),                     // measured 10/10
     ("screenshot", 0.9),                   // measured 10/10
-    ("screen-camera", 0.6), // measured 8/10 with the flattened spectrum (e040abd), 3/10 before, 7/10 at fbe50d2
-    ("print-scan", 0.6),    // measured 8/10 (e040abd), 3/10 on Nov 23
-    ("crop50+rotate5+jpeg60", 0.8), // measured 9/10 (SSIM-capped mark, Nov 23)
-    ("scale0.5+jpeg50", 0.6), // measured 7/10 (drift-free tile, Nov 24): a JPEG after a downscale meets the mark at twice its frequency
-    ("scale0.5+rotate30+jpeg50", 0.7), // measured 9/10 with the flattened spectrum (e040abd), 7/10 before
-    ("perspective0.08+blur1+jpeg70", 0.7), // measured 9/10, 8/10 without the JPEG-grid rejection (Nov 24)
+    ("screen-camera", 0.7),                // measured 8/10
+    ("print-scan", 0.8),                   // measured 9/10
+    ("crop50+rotate5+jpeg60", 0.9),        // measured 10/10
+    ("scale0.5+jpeg50", 0.7),              // measured 8/10
+    ("scale0.5+rotate30+jpeg50", 0.8),     // measured 9/10
+    ("perspective0.08+blur1+jpeg70", 0.9), // measured 10/10
 ];
 
 /// Seed of the attacks' random choices (stamp position, corner jitter, noise).

@@ -257,22 +257,26 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     let hypotheses = hypotheses_charged(options);
     none.hypotheses = hypotheses;
     let prepared = sync::prepare(luma);
-    // The issued geometry first (a forwarded file), unless the
-    // autocorrelation found the very same lattice; then the autocorrelation's.
+    // The issued geometry first (a forwarded file), then the one of the copy
+    // resized as a whole (a thumbnail), each unless the autocorrelation
+    // found the very same lattice; then the autocorrelation's.
     let issued = sync::as_issued(luma.width, luma.height, prepared.work_scale);
     let sync::Candidates {
         lattices: found,
         peak_squares,
         off_host,
     } = sync::candidates(&prepared);
-    let issued_is_new = !found
-        .iter()
-        .any(|l| sync::same_lattice(l, &issued, SAME_AS_ISSUED_PX));
-    let lattices: Vec<Lattice> = issued_is_new
-        .then_some(issued)
-        .into_iter()
-        .chain(found)
+    let resized = sync::as_resized(luma.width, luma.height, prepared.work_scale);
+    let priors: Vec<Lattice> = std::iter::once(issued)
+        .chain(resized)
+        .filter(|p| {
+            !found
+                .iter()
+                .any(|l| sync::same_lattice(l, p, SAME_AS_ISSUED_PX))
+        })
         .collect();
+    let prior_count = priors.len();
+    let lattices: Vec<Lattice> = priors.into_iter().chain(found).collect();
     let layouts: Vec<Layout> = (0..VARIANTS).map(|v| Layout::new(key, v)).collect();
     let bank = SyncBank::new(&layouts);
 
@@ -337,7 +341,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         let unclear: Vec<&Lattice> = lattices
             .iter()
             .zip(&first_sync)
-            .skip(usize::from(issued_is_new))
+            .skip(prior_count)
             .take(NEARBY_SEARCH_LATTICES)
             .filter(|(_, &z)| z < CLEAR_SYNC_Z)
             .map(|(lat, _)| lat)
@@ -358,7 +362,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         // three periods long: read with that side divided.
         let divided: Vec<Lattice> = lattices
             .iter()
-            .skip(usize::from(issued_is_new) + NEARBY_SEARCH_LATTICES)
+            .skip(prior_count + NEARBY_SEARCH_LATTICES)
             .filter_map(sync::one_side_divided)
             .filter(|d| {
                 !lattices
@@ -379,7 +383,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         // itself turned by 90° (see `squared_reading`).
         let found: Vec<Lattice> = lattices
             .iter()
-            .skip(usize::from(issued_is_new))
+            .skip(prior_count)
             .take(SQUARED_LATTICES)
             .copied()
             .collect();
@@ -698,14 +702,14 @@ const CLEAR_SYNC_Z: f64 = 9.0;
 const SAME_AS_ISSUED_PX: f64 = 0.5;
 
 /// The most readings one detection can evaluate: every lattice (the
-/// autocorrelation's and the issued one) with its refinements, the nearby
+/// autocorrelation's, the issued one and the resized one) with its refinements, the nearby
 /// readings with theirs, the divided lattices with theirs, the best square
 /// completion with its, the best lattice off a periodic host with its, the
 /// issued lattice read in the ink
 /// ([`sync::prepare_same_surface`]) with its refinements, plus the
 /// perspective starts (the one off a host included). This is what is charged.
 const MAX_READINGS: usize =
-    (sync::MAX_CANDIDATES + 1 + NEARBY_SEARCH_LATTICES + DIVIDED_LATTICES + 1 + 1 + 1)
+    (sync::MAX_CANDIDATES + 2 + NEARBY_SEARCH_LATTICES + DIVIDED_LATTICES + 1 + 1 + 1)
         * (1 + REFINE_ROUNDS)
         + PERSPECTIVE_STARTS
         + PERSPECTIVE_OFF_HOST_STARTS;

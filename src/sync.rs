@@ -548,6 +548,23 @@ pub fn as_issued(width: usize, height: usize, work_scale: f64) -> Lattice {
     )
 }
 
+/// The lattice of an issued copy resized as a whole to `width` × `height`
+/// (a thumbnail, a forum's downscale): the chip keeps its share of the short
+/// side, which [`as_issued`] does not give once the leak is so small that
+/// the embedder's smallest chip would bind. (Exact for documents whose short
+/// side was at least `MIN_CHIP_PX × CHIPS_PER_SHORT_SIDE`, 864 px; smaller
+/// ones had their chip clamped when issued.) `None` when the two agree
+/// within 1 %, which the fold tolerates.
+///
+/// Third script (510 leaks): ⅓ + JPEG 75 of a 1000 × 872 photo, twice,
+/// 1.1 → 11.6, none lost; the samples after ½ / 0.4 / ⅓ + JPEG 30 / 40 under
+/// two keys: 13 → 14 of 48, with three more from about 2 to 6–7.7.
+pub fn as_resized(width: usize, height: usize, work_scale: f64) -> Option<Lattice> {
+    let chip = width.min(height) as f64 / crate::embed::CHIPS_PER_SHORT_SIDE;
+    let issued = crate::embed::chip_px_for(width as u32, height as u32);
+    (chip < issued * 0.99).then(|| upright(chip, work_scale))
+}
+
 /// The lattice of a tile of `chip_px`-pixel chips, axes upright, unscaled,
 /// in working pixels.
 pub fn upright(chip_px: f64, work_scale: f64) -> Lattice {
@@ -1369,6 +1386,23 @@ pub fn local_lattice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resized_copy_keeps_its_chip_share_of_the_short_side_below_the_clamp() {
+        // 1200 × 900 issued at 900 / 288 = 3.125 px; halved, 1.5625 px, which
+        // the leak's own size (clamped to 3 px) does not give.
+        let half = as_resized(600, 450, 1.0).expect("the clamp binds at 450 px");
+        let period = 450.0 / crate::embed::CHIPS_PER_SHORT_SIDE * crate::pattern::TILE as f64;
+        assert!((half.u[0] - period).abs() < 1e-9 && half.u[1] == 0.0);
+        assert!((half.v[1] - period).abs() < 1e-9 && half.v[0] == 0.0);
+        assert_eq!(
+            as_resized(450, 900, 0.5).map(|l| l.u[0]),
+            Some(period * 0.5)
+        );
+        // At 864 px and above the issued geometry is already the resized one.
+        assert_eq!(as_resized(1200, 900, 1.0), None);
+        assert_eq!(as_resized(1000, 864, 1.0), None);
+    }
 
     #[test]
     fn frequency_rings_depend_on_the_radius_only() {

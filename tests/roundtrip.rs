@@ -736,3 +736,20 @@ fn an_unscaled_crop_too_small_for_its_lattice_is_read_at_the_chip_the_ledger_kno
     // testing the blind serial and the one known copy.
     assert_eq!(after.hypotheses - before.hypotheses, 3 * 3 * 2);
 }
+
+#[test]
+fn a_thumbnail_recompressed_hard_is_read_at_the_chip_its_resize_gives() {
+    // Regression (fails without `sync::as_resized`: score 1.8; 8.6 with it):
+    // a forum's thumbnail, the copy downscaled as a whole, then JPEG 40. The
+    // chip keeps its share of the short side, but below 864 px the chip the
+    // leak's own size gives is clamped to 3 px, and JPEG 40 at a 1.9 px chip
+    // leaves the autocorrelation no lattice to find.
+    let k = key(2);
+    let marked = mark(&k, &sample("pipe_tee_rev_b.png"), 0x00C0_FFEE);
+    let leak_channel = Attack::Chain(vec![
+        Attack::Scale { factor: 0.5 },
+        Attack::Jpeg { quality: 40 },
+    ]);
+    let d = detect(&k, &attack::apply(&leak_channel, &marked, 3));
+    assert_names(&d, 0x00C0_FFEE, &format!("{leak_channel:?}"));
+}

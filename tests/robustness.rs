@@ -60,10 +60,10 @@ const FLOORS: &[(&str, f64)] = &[
     ("stamp-10", 0.9),                     // measured 10/10
     ("screenshot", 0.9),                   // measured 10/10
     ("screen-camera", 0.7),                // measured 8/10
-    ("print-scan", 0.8),                   // measured 9/10
+    ("print-scan", 0.9),                   // measured 10/10
     ("crop50+rotate5+jpeg60", 0.9),        // measured 10/10
     ("scale0.5+jpeg50", 0.7),              // measured 8/10
-    ("scale0.5+rotate30+jpeg50", 0.8),     // measured 9/10
+    ("scale0.5+rotate30+jpeg50", 0.9),     // measured 10/10
     ("perspective0.08+blur1+jpeg70", 0.9), // measured 10/10
 ];
 

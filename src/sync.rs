@@ -378,23 +378,36 @@ fn similar_mean(plane: &Plane, r: usize, t: f32) -> Plane {
     let (w, h) = (plane.width, plane.height);
     let mut out = vec![0.0f32; w * h];
     out.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        let rows = y.saturating_sub(r)..=(y + r).min(h - 1);
-        for (x, o) in row.iter_mut().enumerate() {
-            let centre = plane.data[y * w + x];
-            let cols = x.saturating_sub(r)..=(x + r).min(w - 1);
-            let (mut sum, mut n) = (0.0f32, 0u32);
-            for yy in rows.clone() {
-                for &v in &plane.data[yy * w..][cols.clone()] {
-                    let same = (v - centre).abs() <= t;
-                    sum += if same { v } else { 0.0 };
-                    n += u32::from(same);
+        let centre = &plane.data[y * w..][..w];
+        let mut sum = vec![0.0f32; w];
+        let mut n = vec![0u32; w];
+        // Offsets outermost and pixels innermost, so the loop vectorises;
+        // each pixel still adds its neighbours row by row, left to right.
+        for yy in y.saturating_sub(r)..=(y + r).min(h - 1) {
+            let line = &plane.data[yy * w..][..w];
+            for dx in -(r as isize)..=r as isize {
+                let (x0, x1) = (
+                    (-dx).max(0) as usize,
+                    (w as isize - dx.max(0)).max(0) as usize,
+                );
+                if x0 >= x1 {
+                    continue;
+                }
+                let shifted = &line[(x0 as isize + dx) as usize..][..x1 - x0];
+                for (((s, k), &c), &v) in sum[x0..x1]
+                    .iter_mut()
+                    .zip(&mut n[x0..x1])
+                    .zip(&centre[x0..x1])
+                    .zip(shifted)
+                {
+                    let same = (v - c).abs() <= t;
+                    *s += if same { v } else { 0.0 };
+                    *k += u32::from(same);
                 }
             }
-            *o = if n >= MIN_SIMILAR {
-                sum / n as f32
-            } else {
-                centre
-            };
+        }
+        for (((o, &s), &k), &c) in row.iter_mut().zip(&sum).zip(&n).zip(centre) {
+            *o = if k >= MIN_SIMILAR { s / k as f32 } else { c };
         }
     });
     Plane {

@@ -256,7 +256,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
     // leak with no lattice at all reports the same charge).
     let hypotheses = hypotheses_charged(options);
     none.hypotheses = hypotheses;
-    let prepared = sync::prepare(luma);
+    let (prepared, same_surface) = sync::prepare_both(luma);
     // The issued geometry first (a forwarded file), then the one of the copy
     // resized as a whole (a thumbnail), each unless the autocorrelation
     // found the very same lattice; then the autocorrelation's.
@@ -406,7 +406,7 @@ pub fn detect_luma(key: &SecretKey, luma: &Plane, options: &DetectOptions) -> De
         // A line drawing whose paper a brightness or contrast change clipped
         // to white keeps its mark only in the ink: read that, under the
         // issued geometry (see `sync::prepare_same_surface`).
-        let ink = sync::prepare_same_surface(luma);
+        let ink = same_surface.prepared();
         let new = readings_for(&ink, &issued, &bank);
         scored.extend(new.par_iter().map(&score).collect::<Vec<_>>());
         readings.extend(new);

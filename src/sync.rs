@@ -116,6 +116,12 @@ const READ_FLOOR: f32 = 1.0;
 /// lost twice, 9.3 → 7.7). Weighting the surface residual by 0.5 read 386
 /// and 431, by 1.5 387 and 432.
 pub fn prepare(luma: &Plane) -> Prepared {
+    prepare_both(luma).0
+}
+
+/// [`prepare`], and what [`SameSurface::prepared`] needs to give
+/// [`prepare_same_surface`]'s result later without taking the detail again.
+pub fn prepare_both(luma: &Plane) -> (Prepared, SameSurface) {
     let (work, work_scale) = working(luma);
     let edge = edge_levels(&work);
     let (box_detail, surface_detail) = rayon::join(
@@ -140,10 +146,36 @@ pub fn prepare(luma: &Plane) -> Prepared {
             .collect(),
         ..read_box
     };
-    Prepared {
-        residual,
-        work_scale,
-        read_residual: Some(read_residual),
+    (
+        Prepared {
+            residual,
+            work_scale,
+            read_residual: Some(read_residual),
+        },
+        SameSurface {
+            detail: surface_detail,
+            read_residual: read_surface,
+            work_scale,
+        },
+    )
+}
+
+/// The same-surface detail [`prepare_both`] took, kept for the reading in
+/// the ink (most null leaks come to it).
+pub struct SameSurface {
+    detail: Detail,
+    read_residual: Plane,
+    work_scale: f64,
+}
+
+impl SameSurface {
+    /// What [`prepare_same_surface`] gives for the same luma.
+    pub fn prepared(self) -> Prepared {
+        Prepared {
+            residual: self.detail.normalised(SYNC_FLOOR),
+            work_scale: self.work_scale,
+            read_residual: Some(self.read_residual),
+        }
     }
 }
 

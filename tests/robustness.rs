@@ -30,7 +30,7 @@ const FLOORS: &[(&str, f64)] = &[
     ("none", 1.0),                         // measured 10/10
     ("jpeg-75", 0.9),                      // measured 10/10
     ("jpeg-50", 0.9),                      // measured 10/10
-    ("jpeg-30", 0.8),                      // measured 9/10
+    ("jpeg-30", 0.9),                      // measured 10/10
     ("scale-0.5", 0.9),                    // measured 10/10
     ("scale-0.333", 0.9),                  // measured 10/10
     ("scale-1.5", 0.9),                    // measured 10/10
@@ -60,7 +60,7 @@ const FLOORS: &[(&str, f64)] = &[
     ("stamp-10", 0.9),                     // measured 10/10
     ("screenshot", 0.9),                   // measured 10/10
     ("screen-camera", 0.7),                // measured 8/10
-    ("print-scan", 0.9),                   // measured 10/10
+    ("print-scan", 0.8),                   // measured 9/10
     ("crop50+rotate5+jpeg60", 0.9),        // measured 10/10
     ("scale0.5+jpeg50", 0.7),              // measured 8/10
     ("scale0.5+rotate30+jpeg50", 0.9),     // measured 10/10

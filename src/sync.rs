@@ -124,67 +124,63 @@ pub fn prepare(luma: &Plane) -> Prepared {
     prepare_both(luma).0
 }
 
-/// [`prepare`], and what [`SameSurface::prepared`] needs to give
-/// [`prepare_same_surface`]'s result later without taking the detail again.
+/// [`prepare`], and the same-surface residuals it summed, which
+/// [`SameSurface::prepared`] gives as [`prepare_same_surface`]'s result
+/// without taking them again.
 pub fn prepare_both(luma: &Plane) -> (Prepared, SameSurface) {
     let (work, work_scale) = working(luma);
-    let edge = edge_levels(&work);
-    let (box_detail, surface_detail) = rayon::join(
+    let (box_detail, surface) = rayon::join(
         || Detail::against(&work, &work.box_mean(DETAIL_RADIUS)),
-        || Detail::against(&work, &similar_mean(&work, DETAIL_RADIUS, edge)),
+        || SameSurface::of(&work, work_scale),
     );
-    let (residual, (read_box, read_surface)) = rayon::join(
-        || {
-            let a = box_detail.normalised(SYNC_FLOOR);
-            let b = surface_detail.normalised(SYNC_FLOOR);
-            Plane {
-                data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-                ..a
-            }
-        },
-        || {
-            rayon::join(
-                || box_detail.normalised(READ_FLOOR),
-                || surface_detail.normalised(READ_FLOOR),
-            )
-        },
+    let (residual, read_residual) = rayon::join(
+        || summed(box_detail.normalised(SYNC_FLOOR), &surface.residual),
+        || summed(box_detail.normalised(READ_FLOOR), &surface.read_residual),
     );
-    let read_residual = Plane {
-        data: read_box
-            .data
-            .iter()
-            .zip(&read_surface.data)
-            .map(|(a, b)| a + b)
-            .collect(),
-        ..read_box
-    };
     (
         Prepared {
             residual,
             work_scale,
             read_residual: Some(read_residual),
         },
-        SameSurface {
-            detail: surface_detail,
-            read_residual: read_surface,
-            work_scale,
-        },
+        surface,
     )
 }
 
-/// The same-surface detail [`prepare_both`] took, kept for the reading in
-/// the ink (most null leaks come to it).
+/// `a + b`, pixel by pixel (planes of one size).
+fn summed(a: Plane, b: &Plane) -> Plane {
+    Plane {
+        data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
+        ..a
+    }
+}
+
+/// The same-surface residuals [`prepare_both`] took, kept for the reading
+/// in the ink (most null leaks come to it).
 pub struct SameSurface {
-    detail: Detail,
+    residual: Plane,
     read_residual: Plane,
     work_scale: f64,
 }
 
 impl SameSurface {
+    fn of(work: &Plane, work_scale: f64) -> SameSurface {
+        let detail = Detail::against(work, &similar_mean(work, DETAIL_RADIUS, edge_levels(work)));
+        let (residual, read_residual) = rayon::join(
+            || detail.normalised(SYNC_FLOOR),
+            || detail.normalised(READ_FLOOR),
+        );
+        SameSurface {
+            residual,
+            read_residual,
+            work_scale,
+        }
+    }
+
     /// What [`prepare_same_surface`] gives for the same luma.
     pub fn prepared(self) -> Prepared {
         Prepared {
-            residual: self.detail.normalised(SYNC_FLOOR),
+            residual: self.residual,
             work_scale: self.work_scale,
             read_residual: Some(self.read_residual),
         }
@@ -201,19 +197,7 @@ impl SameSurface {
 /// against 14.8).
 pub fn prepare_same_surface(luma: &Plane) -> Prepared {
     let (work, work_scale) = working(luma);
-    let detail = Detail::against(
-        &work,
-        &similar_mean(&work, DETAIL_RADIUS, edge_levels(&work)),
-    );
-    let (residual, read_residual) = rayon::join(
-        || detail.normalised(SYNC_FLOOR),
-        || detail.normalised(READ_FLOOR),
-    );
-    Prepared {
-        residual,
-        work_scale,
-        read_residual: Some(read_residual),
-    }
+    SameSurface::of(&work, work_scale).prepared()
 }
 
 /// The luma at working size (long side at most [`WORK_MAX_PX`]) and its scale.

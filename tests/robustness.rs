@@ -20,9 +20,8 @@ use rayon::prelude::*;
 
 /// Smallest share of devset images (0–1) whose serial must be read exactly
 /// after each attack. Measured share in the comment (10 devset images, key
-/// `key(42)`, attack seed 6, detector of commits 26c6622 and 8910a0c, the
-/// same counts, 25 Nov). Floors sit one image below the measurement,
-/// except `none` (always all).
+/// `key(42)`, attack seed 6, detector of commit 13a0ec3, 25 Nov). Floors
+/// sit one image below the measurement, except `none` (always all).
 ///
 /// The suite's one seed flatters the screen-camera channel: over seeds 8–13
 /// (key 1) blind detection read 22 of its 60 leaks (see README).
